@@ -1,0 +1,64 @@
+//! Portcullis certificates: every piece of secret key material the proxy holds lives in
+//! this crate.
+//!
+//! To read a client's HTTPS request, the proxy ends the client's TLS session itself. It
+//! can only do that with a certificate for the requested host that the client trusts.
+//! So Portcullis runs a small **local certificate authority** and mints a **leaf
+//! certificate** for each host on demand. The agent host trusts the CA once, through
+//! `SSL_CERT_FILE` and friends (SPEC §0, §2).
+//!
+//! # What lives here
+//!
+//! - [`CertificateAuthority`]: creates the CA (`ca.pem`, mode 0644, and `ca.key`, mode 0600)
+//!   or loads it from its directory. It never overwrites an existing CA, and it refuses to
+//!   load a key that group or others can read. The CA is ECDSA P-256, `CA:TRUE` with path
+//!   length 0, and valid for ten years.
+//! - [`CertificateAuthority::mint_leaf`]: one short-lived ECDSA P-256 leaf per host. It has
+//!   a random serial, a single SAN equal to the host (an IP SAN for IP literals), EKU
+//!   `serverAuth`, and the chain `[leaf, ca]`.
+//!   [`MintedLeaf::into_certified_key`] turns it into what rustls serves.
+//! - [`LeafCache`]: a bounded, single-flight cache in front of minting. When many
+//!   connections open at once for a new host, exactly one certificate is minted and the
+//!   others wait for it. Failures are never cached. Once an entry has used half of its
+//!   lifetime it is minted again, so a client never gets a leaf that is about to expire.
+//!   When the cache is full it evicts the least recently used host.
+//! - Later: the key vault for provider API keys (SPEC §9).
+//!
+//! # Where it sits in a request
+//!
+//! In SPEC §3 step 4 the proxy answers `CONNECT` and reads the ClientHello. Then it calls
+//! [`LeafCache::get`] with the CONNECT host and serves the returned
+//! `Arc<rustls::sign::CertifiedKey>`. This crate opens no sockets. Its only async code is
+//! the wait inside the cache.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), portcullis_certs::CaError> {
+//! use std::{path::Path, sync::Arc, time::Duration};
+//! use portcullis_certs::{CacheOptions, CertificateAuthority, LeafCache};
+//!
+//! let (ca, created) = CertificateAuthority::load_or_init(Path::new(".portcullis/ca"))?;
+//! if created {
+//!     println!("new CA {}", ca.fingerprint_sha256());
+//! }
+//! let cache = LeafCache::new(
+//!     Arc::new(ca),
+//!     CacheOptions { capacity: 10_000, ttl: Duration::from_secs(24 * 3600) },
+//! );
+//! let certified_key = cache.get("api.openai.com").await?;
+//! # let _ = certified_key;
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are the single [`CaError`] enum. Their messages say what to do next, for
+//! example "run `portcullis ca init`" or "run `chmod 600 …`".
+#![forbid(unsafe_code)]
+
+mod ca;
+mod cache;
+mod error;
+mod host;
+mod store;
+
+pub use ca::{CertificateAuthority, MintedLeaf};
+pub use cache::{CacheOptions, CacheStats, LeafCache};
+pub use error::CaError;

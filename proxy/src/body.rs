@@ -1,0 +1,117 @@
+//! Body types: one boxed body for everything we send, and a metering wrapper
+//! that streams frames untouched while counting them.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request we forward and every response we return.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+/// How a streamed body ended; feeds the outcome record (SPEC §3 step 5.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum End {
+    Complete,
+    ClientAbort,
+    UpstreamError,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::ClientAbort => "client_abort",
+            End::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+type OnEnd = Box<dyn FnOnce(u64, End) + Send>;
+
+/// Passes frames through as they arrive (no buffering) and reports the byte
+/// count and the way the stream ended exactly once: at end of stream, on an
+/// upstream error, or when dropped early because the client went away.
+pub struct Metered<B: Body> {
+    inner: B,
+    bytes: u64,
+    on_end: Option<OnEnd>,
+}
+
+impl<B: Body> Metered<B> {
+    pub fn new(inner: B, on_end: impl FnOnce(u64, End) + Send + 'static) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn finish(&mut self, end: End) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes, end);
+        }
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(End::UpstreamError);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(End::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Metered<B> {
+    fn drop(&mut self) {
+        if self.on_end.is_some() {
+            // An empty body hyper never needed to poll still counts as complete.
+            let end = if self.inner.is_end_stream() { End::Complete } else { End::ClientAbort };
+            self.finish(end);
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! Strict HTTP/1 framing guard (SPEC §3 step 5.2).
+//!
+//! Request smuggling lives in the gaps between two parsers' ideas of where a
+//! request ends. hyper is lenient in places (it silently drops a
+//! Content-Length that follows Transfer-Encoding, accepts bare LF line ends and
+//! identical duplicate Content-Length headers), so every HTTP/1 byte a client
+//! sends passes through [`FramingGuard`] before hyper sees it.
+//!
+//! The guard tracks request boundaries itself: it withholds each request head
+//! until the whole head is in and valid, then lets the body through by its
+//! declared framing (Content-Length or strict chunked). A bad head is never
+//! shown to hyper. Instead the guard substitutes a synthetic request carrying
+//! a per-connection secret nonce, which the service answers with `400
+//! bad_framing` (in order, after any earlier pipelined response), and then
+//! ends the stream so the connection closes. A violation inside a chunked body
+//! cannot be answered in order, so the guard fails the read and hyper drops the
+//! connection.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Header that carries the guard's verdict on a synthetic request.
+pub const FRAMING_HEADER: &str = "x-portcullis-framing";
+
+const IN_BUF: usize = 16 * 1024;
+const MAX_CHUNK_LINE: usize = 1024;
+const MAX_HEADERS: usize = 128;
+
+/// Why a request's framing was refused. Codes are stable and appear in the
+/// client's error body and in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    ContentLengthAndTransferEncoding,
+    DuplicateContentLength,
+    BadContentLength,
+    UnsupportedTransferEncoding,
+    BareLf,
+    BareCr,
+    NulByte,
+    ObsFold,
+    MultipleHost,
+    HeadTooLarge,
+    MalformedHead,
+    BadChunk,
+}
+
+impl Violation {
+    pub fn code(self) -> &'static str {
+        match self {
+            Violation::ContentLengthAndTransferEncoding => "cl_and_te",
+            Violation::DuplicateContentLength => "duplicate_content_length",
+            Violation::BadContentLength => "bad_content_length",
+            Violation::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            Violation::BareLf => "bare_lf",
+            Violation::BareCr => "bare_cr",
+            Violation::NulByte => "nul_byte",
+            Violation::ObsFold => "obs_fold",
+            Violation::MultipleHost => "multiple_host",
+            Violation::HeadTooLarge => "head_too_large",
+            Violation::MalformedHead => "malformed_head",
+            Violation::BadChunk => "bad_chunk",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Violation> {
+        ALL_VIOLATIONS.iter().copied().find(|v| v.code() == code)
+    }
+
+    /// A head too large is 431; every other violation is a plain 400.
+    pub fn status(self) -> u16 {
+        match self {
+            Violation::HeadTooLarge => 431,
+            _ => 400,
+        }
+    }
+}
+
+const ALL_VIOLATIONS: &[Violation] = &[
+    Violation::ContentLengthAndTransferEncoding,
+    Violation::DuplicateContentLength,
+    Violation::BadContentLength,
+    Violation::UnsupportedTransferEncoding,
+    Violation::BareLf,
+    Violation::BareCr,
+    Violation::NulByte,
+    Violation::ObsFold,
+    Violation::MultipleHost,
+    Violation::HeadTooLarge,
+    Violation::MalformedHead,
+    Violation::BadChunk,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Reading a request head into `head`.
+    Head,
+    /// Passing `n` more body bytes.
+    Body(u64),
+    /// Chunk-size line of a chunked body.
+    ChunkSize,
+    /// Passing chunk data, then expecting CRLF.
+    ChunkData(u64),
+    ChunkDataCr,
+    ChunkDataLf,
+    /// Trailer section after the last chunk.
+    Trailers,
+    /// After CONNECT or an Upgrade request: the bytes are no longer HTTP/1.
+    Passthrough,
+    /// A synthetic error head was queued; EOF once it drains.
+    Closed,
+    /// A body-level violation: fail every read.
+    Failed,
+}
+
+/// Wraps a client stream and enforces strict HTTP/1 framing on what it reads.
+pub struct FramingGuard<S> {
+    inner: S,
+    state: State,
+    nonce: String,
+    max_head: usize,
+    /// Head bytes seen so far (only while `state == Head`).
+    head: Vec<u8>,
+    /// Bytes validated and waiting to be handed to hyper.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Raw bytes read from `inner` and not yet classified.
+    inbuf: Box<[u8]>,
+    in_pos: usize,
+    in_len: usize,
+    /// Per-line scanner state for heads, chunk lines and trailers.
+    line: LineScan,
+    chunk_size: u64,
+    chunk_digits: usize,
+    chunk_in_ext: bool,
+    line_len: usize,
+    trailer_len: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct LineScan {
+    prev: u8,
+    at_line_start: bool,
+    lines: usize,
+}
+
+impl<S> FramingGuard<S> {
+    /// `nonce` is the per-connection secret that marks synthetic error heads.
+    pub fn new(inner: S, nonce: String, max_head: usize) -> Self {
+        FramingGuard {
+            inner,
+            state: State::Head,
+            nonce,
+            max_head,
+            head: Vec::with_capacity(1024),
+            out: Vec::new(),
+            out_pos: 0,
+            inbuf: vec![0u8; IN_BUF].into_boxed_slice(),
+            in_pos: 0,
+            in_len: 0,
+            line: LineScan {
+                at_line_start: true,
+                ..LineScan::default()
+            },
+            chunk_size: 0,
+            chunk_digits: 0,
+            chunk_in_ext: false,
+            line_len: 0,
+            trailer_len: 0,
+        }
+    }
+
+    fn reject_head(&mut self, v: Violation) {
+        tracing::info!(violation = v.code(), "refusing request with bad framing");
+        self.head.clear();
+        self.out.extend_from_slice(
+            format!(
+                "GET /portcullis-framing-error HTTP/1.1\r\nhost: portcullis.invalid\r\n{FRAMING_HEADER}: {} {}\r\n\r\n",
+                self.nonce,
+                v.code()
+            )
+            .as_bytes(),
+        );
+        self.state = State::Closed;
+        self.in_pos = self.in_len;
+    }
+
+    fn fail_body(&mut self, v: Violation) {
+        tracing::info!(violation = v.code(), "closing connection: bad body framing");
+        self.state = State::Failed;
+        self.in_pos = self.in_len;
+    }
+
+    fn start_line_scan(&mut self) {
+        self.line = LineScan {
+            at_line_start: true,
+            ..LineScan::default()
+        };
+    }
+
+    /// Classifies the pending input according to the current state. Body
+    /// bytes are moved to `out` in bulk; heads and chunk lines byte by byte
+    /// (they are short).
+    fn process(&mut self) {
+        while self.in_pos < self.in_len {
+            match self.state {
+                State::Head => {
+                    let b = self.inbuf[self.in_pos];
+                    self.in_pos += 1;
+                    // Tolerate the empty lines some clients send between requests.
+                    if self.head.is_empty() && self.line.lines == 0 && (b == b'\r' || b == b'\n') {
+                        if b == b'\n' && self.line.prev != b'\r' {
+                            return self.reject_head(Violation::BareLf);
+                        }
+                        self.line.prev = b;
+                        continue;
+                    }
+                    if self.head.is_empty() {
+                        if self.line.prev == b'\r' {
+                            return self.reject_head(Violation::BareCr);
+                        }
+                        self.line.prev = 0;
+                    }
+                    if let Err(v) = scan_line_byte(&mut self.line, b, true) {
+                        return self.reject_head(v);
+                    }
+                    self.head.push(b);
+                    if self.head.len() > self.max_head {
+                        return self.reject_head(Violation::HeadTooLarge);
+                    }
+                    if self.head.ends_with(b"\r\n\r\n") {
+                        match check_head(&self.head) {
+                            Ok(next) => {
+                                self.out.append(&mut self.head);
+                                self.start_line_scan();
+                                self.state = next;
+                                if next == State::ChunkSize {
+                                    self.reset_chunk_line();
+                                }
+                                return;
+                            }
+                            Err(v) => return self.reject_head(v),
+                        }
+                    }
+                }
+                State::Body(n) => {
+                    let take = (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    self.out
+                        .extend_from_slice(&self.inbuf[self.in_pos..self.in_pos + take]);
+                    self.in_pos += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 { State::Head } else { State::Body(left) };
+                    if left == 0 {
+                        self.start_line_scan();
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    self.out
+                        .extend_from_slice(&self.inbuf[self.in_pos..self.in_pos + take]);
+                    self.in_pos += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 { State::ChunkDataCr } else { State::ChunkData(left) };
+                }
+                State::ChunkDataCr | State::ChunkDataLf => {
+                    let b = self.inbuf[self.in_pos];
+                    self.in_pos += 1;
+                    let want = if self.state == State::ChunkDataCr { b'\r' } else { b'\n' };
+                    if b != want {
+                        return self.fail_body(Violation::BadChunk);
+                    }
+                    self.out.push(b);
+                    if self.state == State::ChunkDataCr {
+                        self.state = State::ChunkDataLf;
+                    } else {
+                        self.state = State::ChunkSize;
+                        self.reset_chunk_line();
+                    }
+                }
+                State::ChunkSize => {
+                    let b = self.inbuf[self.in_pos];
+                    self.in_pos += 1;
+                    if let Err(v) = self.chunk_size_byte(b) {
+                        return self.fail_body(v);
+                    }
+                    self.out.push(b);
+                }
+                State::Trailers => {
+                    let b = self.inbuf[self.in_pos];
+                    self.in_pos += 1;
+                    if let Err(v) = scan_line_byte(&mut self.line, b, true) {
+                        return self.fail_body(v);
+                    }
+                    self.out.push(b);
+                    self.line_len += 1;
+                    self.trailer_len += 1;
+                    if self.trailer_len > self.max_head {
+                        return self.fail_body(Violation::HeadTooLarge);
+                    }
+                    if b == b'\n' {
+                        // The trailer section ends with an empty line.
+                        if self.line_len == 2 {
+                            self.state = State::Head;
+                            self.start_line_scan();
+                        }
+                        self.line_len = 0;
+                    }
+                }
+                State::Passthrough | State::Closed | State::Failed => return,
+            }
+        }
+    }
+
+    fn reset_chunk_line(&mut self) {
+        self.chunk_size = 0;
+        self.chunk_digits = 0;
+        self.chunk_in_ext = false;
+        self.line_len = 0;
+        self.line.prev = 0;
+    }
+
+    fn chunk_size_byte(&mut self, b: u8) -> Result<(), Violation> {
+        self.line_len += 1;
+        if self.line_len > MAX_CHUNK_LINE {
+            return Err(Violation::BadChunk);
+        }
+        if b == 0 {
+            return Err(Violation::NulByte);
+        }
+        if self.line.prev == b'\r' {
+            if b != b'\n' {
+                return Err(Violation::BareCr);
+            }
+            if self.chunk_digits == 0 {
+                return Err(Violation::BadChunk);
+            }
+            if self.chunk_size == 0 {
+                self.state = State::Trailers;
+                self.start_line_scan();
+                self.line_len = 0;
+                self.trailer_len = 0;
+            } else {
+                self.state = State::ChunkData(self.chunk_size);
+            }
+            return Ok(());
+        }
+        match b {
+            b'\n' => return Err(Violation::BareLf),
+            b'\r' => {}
+            _ if self.chunk_in_ext => {}
+            b';' => self.chunk_in_ext = true,
+            _ => {
+                let d = (b as char).to_digit(16).ok_or(Violation::BadChunk)?;
+                self.chunk_digits += 1;
+                // 15 hex digits is far beyond any real body; more is an overflow attempt.
+                if self.chunk_digits > 15 {
+                    return Err(Violation::BadChunk);
+                }
+                self.chunk_size = self.chunk_size * 16 + u64::from(d);
+            }
+        }
+        self.line.prev = b;
+        Ok(())
+    }
+}
+
+/// Checks one byte of a header-like line: no NUL, CR only before LF, no bare
+/// LF, no continuation (obs-fold) lines.
+fn scan_line_byte(line: &mut LineScan, b: u8, fold_check: bool) -> Result<(), Violation> {
+    if b == 0 {
+        return Err(Violation::NulByte);
+    }
+    if line.prev == b'\r' && b != b'\n' {
+        return Err(Violation::BareCr);
+    }
+    if b == b'\n' && line.prev != b'\r' {
+        return Err(Violation::BareLf);
+    }
+    if fold_check && line.at_line_start && line.lines > 0 && (b == b' ' || b == b'\t') {
+        return Err(Violation::ObsFold);
+    }
+    if b == b'\n' {
+        line.lines += 1;
+        line.at_line_start = true;
+    } else {
+        line.at_line_start = false;
+    }
+    line.prev = b;
+    Ok(())
+}
+
+/// Validates a complete head (ending in CRLFCRLF) and returns the state for
+/// what follows it.
+fn check_head(head: &[u8]) -> Result<State, Violation> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Violation::HeadTooLarge),
+        _ => return Err(Violation::MalformedHead),
+    }
+    let mut hosts = 0usize;
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0usize;
+    let mut te_count = 0usize;
+    let mut te_chunked = false;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            content_length = Some(parse_content_length(h.value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            te_count += 1;
+            let v = std::str::from_utf8(h.value).map_err(|_| Violation::UnsupportedTransferEncoding)?;
+            if !v.trim().eq_ignore_ascii_case("chunked") {
+                return Err(Violation::UnsupportedTransferEncoding);
+            }
+            te_chunked = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if hosts > 1 {
+        return Err(Violation::MultipleHost);
+    }
+    if cl_count > 1 {
+        return Err(Violation::DuplicateContentLength);
+    }
+    if te_count > 1 {
+        return Err(Violation::UnsupportedTransferEncoding);
+    }
+    if te_count > 0 && cl_count > 0 {
+        return Err(Violation::ContentLengthAndTransferEncoding);
+    }
+    if te_count > 0 && req.version == Some(0) {
+        // HTTP/1.0 has no chunked coding; a TE header there is an attack.
+        return Err(Violation::UnsupportedTransferEncoding);
+    }
+    if req.method == Some("CONNECT") || upgrade {
+        // After CONNECT or an accepted Upgrade the bytes are no longer HTTP/1;
+        // the service closes the connection if it refuses the upgrade.
+        if te_chunked || content_length.unwrap_or(0) > 0 {
+            return Err(Violation::MalformedHead);
+        }
+        return Ok(State::Passthrough);
+    }
+    if te_chunked {
+        return Ok(State::ChunkSize);
+    }
+    match content_length {
+        Some(n) if n > 0 => Ok(State::Body(n)),
+        _ => Ok(State::Head),
+    }
+}
+
+fn parse_content_length(v: &[u8]) -> Result<u64, Violation> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Violation::BadContentLength);
+    }
+    v.iter()
+        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .ok_or(Violation::BadContentLength)
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_pos);
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match this.state {
+                State::Closed => return Poll::Ready(Ok(())),
+                State::Failed => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "HTTP/1 framing violation",
+                    )))
+                }
+                State::Passthrough if this.in_pos == this.in_len => {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                State::Passthrough => {
+                    this.out.extend_from_slice(&this.inbuf[this.in_pos..this.in_len]);
+                    this.in_pos = this.in_len;
+                    continue;
+                }
+                _ => {}
+            }
+            if this.in_pos < this.in_len {
+                this.process();
+                continue;
+            }
+            let mut rb = ReadBuf::new(&mut this.inbuf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                // Client closed. A partial head is dropped, never forwarded.
+                this.state = State::Closed;
+                return Poll::Ready(Ok(()));
+            }
+            this.in_pos = 0;
+            this.in_len = n;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn run(input: &[u8]) -> (Vec<u8>, bool) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut g = FramingGuard::new(server, "N".into(), 8192);
+        let mut out = Vec::new();
+        let failed = g.read_to_end(&mut out).await.is_err();
+        (out, failed)
+    }
+
+    fn synthetic(code: &str) -> String {
+        format!("{FRAMING_HEADER}: N {code}\r\n")
+    }
+
+    #[tokio::test]
+    async fn valid_pipelined_requests_pass_through_unchanged() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (out, failed) = run(input).await;
+        assert!(!failed);
+        assert_eq!(out, input.to_vec());
+    }
+
+    #[tokio::test]
+    async fn chunked_body_without_trailers_is_followed_by_next_head() {
+        let input = b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n\n";
+        let (out, failed) = run(input).await;
+        assert!(!failed);
+        assert_eq!(out, input.to_vec());
+    }
+
+    #[tokio::test]
+    async fn each_smuggling_head_is_replaced_by_a_synthetic_error_request() {
+        let table: &[(&[u8], &str)] = &[
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "cl_and_te"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "cl_and_te"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", "duplicate_content_length"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\n", "bad_content_length"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "obs_fold"),
+            (b"GET / HTTP/1.1\nHost: x\n\n", "bare_lf"),
+            (b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", "bare_cr"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n", "nul_byte"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "multiple_host"),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", "malformed_head"),
+        ];
+        for (input, code) in table {
+            let (out, failed) = run(input).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(!failed, "{code}");
+            assert!(text.starts_with("GET /portcullis-framing-error"), "{code}: {text}");
+            assert!(text.contains(&synthetic(code)), "{code}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_second_head_keeps_first_request_intact() {
+        let first = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut input = first.to_vec();
+        input.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nX");
+        let (out, _) = run(&input).await;
+        assert!(out.starts_with(first));
+        assert!(String::from_utf8_lossy(&out[first.len()..]).contains("duplicate_content_length"));
+    }
+
+    #[tokio::test]
+    async fn oversized_head_is_refused_with_head_too_large() {
+        let mut input = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 9000));
+        input.extend_from_slice(b"\r\n\r\n");
+        let (out, _) = run(&input).await;
+        assert!(String::from_utf8_lossy(&out).contains("head_too_large"));
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_size_fails_the_stream() {
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        let (_, failed) = run(input).await;
+        assert!(failed);
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n";
+        let (_, failed) = run(input).await;
+        assert!(failed);
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n";
+        let (_, failed) = run(input).await;
+        assert!(failed);
+    }
+
+    #[tokio::test]
+    async fn connect_head_switches_to_passthrough() {
+        let input = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03\x01\n\n\0";
+        let (out, failed) = run(input).await;
+        assert!(!failed);
+        assert_eq!(out, input.to_vec());
+    }
+
+    #[tokio::test]
+    async fn head_split_across_many_reads_is_reassembled() {
+        let (mut client, server) = tokio::io::duplex(8);
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+        let writer = tokio::spawn(async move {
+            for b in input.chunks(3) {
+                client.write_all(b).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+        });
+        let mut g = FramingGuard::new(server, "N".into(), 8192);
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(out, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec());
+    }
+}

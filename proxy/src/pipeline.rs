@@ -1,0 +1,484 @@
+//! The per-request pipeline (SPEC §3 step 5), one small function per step.
+//! Every HTTP/1 request and every HTTP/2 stream inside a tunnel, and every
+//! plain-HTTP proxy request, goes through [`tunneled`] or [`plaintext`] and
+//! then [`forward`].
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use portcullis_rules::{classify_ip, split_host_port, Decision, Host, Reason, RequestFacts};
+use rand::RngCore;
+
+use crate::body::{End, Metered, ProxyBody};
+use crate::framing::{Violation, FRAMING_HEADER};
+use crate::identity::Identity;
+use crate::rescue::{Refusal, HDR_EVENT_ID};
+use crate::server::Ctx;
+use crate::tunnel::Tunnel;
+use crate::upstream::{find_connect_error, ConnectError};
+
+/// Where a request goes: the CONNECT target, or the absolute-form URL's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+    /// TLS inside a tunnel (https) or plain HTTP.
+    pub tls: bool,
+}
+
+impl Target {
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// `host[:port]` as it goes in an upstream URI (port omitted when default).
+    fn authority(&self) -> String {
+        let host = match &self.host {
+            Host::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            h => h.to_string(),
+        };
+        if self.port == self.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+pub fn new_event_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+pub fn new_nonce() -> String {
+    new_event_id()
+}
+
+/// Step 5.2 (HTTP/1): the framing guard replaced a bad head with a synthetic
+/// request carrying our nonce; answer it and close.
+pub fn framing_refusal<B>(req: &Request<B>, nonce: &str, event_id: &str) -> Option<Refusal> {
+    let v = req.headers().get(FRAMING_HEADER)?.to_str().ok()?;
+    let (n, code) = v.split_once(' ')?;
+    if !constant_time_eq(n.as_bytes(), nonce.as_bytes()) {
+        return None;
+    }
+    let violation = Violation::from_code(code).unwrap_or(Violation::MalformedHead);
+    tracing::info!(target: "portcullis::decision", event_id, decision = "deny", reason = "bad_framing", violation = violation.code());
+    Some(
+        Refusal::new(Reason::BadFraming, event_id)
+            .detail(format!("request framing rejected: {}", violation.code()))
+            .status(StatusCode::from_u16(violation.status()).unwrap_or(StatusCode::BAD_REQUEST))
+            .close(),
+    )
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The canonical decision log line: one per request, content-free.
+pub fn log_decision(event_id: &str, who: &Identity, listener: &str, target: &Target, method: &Method, path: &str, d: &Decision) {
+    tracing::info!(
+        target: "portcullis::decision",
+        event_id,
+        tenant = %who.tenant,
+        agent = %who.agent,
+        listener,
+        host = %target.host,
+        port = target.port,
+        method = %method,
+        path,
+        decision = d.action.as_str(),
+        reason = d.reason.code(),
+        rule = d.route_id().unwrap_or("-"),
+    );
+}
+
+pub fn log_refusal(event_id: &str, who: Option<&Identity>, listener: &str, method: &Method, host: &str, reason: Reason) {
+    tracing::info!(
+        target: "portcullis::decision",
+        event_id,
+        agent = who.map(|w| w.agent.as_str()).unwrap_or("-"),
+        listener,
+        host,
+        method = %method,
+        decision = "deny",
+        reason = reason.code(),
+    );
+}
+
+/// A request inside an intercepted tunnel. `nonce` is set for HTTP/1 (the
+/// framing guard's secret), `None` for HTTP/2.
+pub async fn tunneled(ctx: Arc<Ctx>, tun: Arc<Tunnel>, nonce: Option<String>, h2: bool, req: Request<Incoming>) -> Response<ProxyBody> {
+    let event_id = new_event_id();
+    // 5.2 Framing first: a bad head never reaches policy.
+    if let Some(n) = &nonce {
+        if let Some(r) = framing_refusal(&req, n, &event_id) {
+            return r.into_response();
+        }
+    }
+    if h2 && req.headers().get_all(HOST).iter().count() > 1 {
+        return Refusal::new(Reason::BadFraming, event_id)
+            .detail("multiple Host headers")
+            .into_response();
+    }
+    let path = req.uri().path().to_owned();
+    // A CONNECT-time denial is answered here, inside TLS, so the SDK shows it.
+    if let Some(d) = &tun.pre_denial {
+        log_decision(&event_id, &tun.who, &tun.listener, &tun.target, req.method(), &path, d);
+        return Refusal::new(d.reason, event_id).into_response();
+    }
+    // 5.1 Host binding: stops domain fronting through an allowed tunnel.
+    if let Err(detail) = check_authority(&req, &tun.target, h2) {
+        let d = Decision::deny(Reason::HostMismatch);
+        log_decision(&event_id, &tun.who, &tun.listener, &tun.target, req.method(), &path, &d);
+        return Refusal::new(Reason::HostMismatch, event_id).detail(detail).close().into_response();
+    }
+    if req.method() == Method::CONNECT {
+        return Refusal::new(Reason::BadRequest, event_id)
+            .detail("CONNECT inside a tunnel")
+            .close()
+            .into_response();
+    }
+    decide_and_forward(ctx, &tun.who, &tun.listener, tun.target.clone(), event_id, req, !h2).await
+}
+
+/// An absolute-form `http://` request on the proxy connection (SPEC §3 step 8).
+pub async fn plaintext(ctx: Arc<Ctx>, listener: &str, who: Identity, event_id: String, req: Request<Incoming>) -> Response<ProxyBody> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let (host, port) = match split_host_port(&authority, 80) {
+        Ok(x) => x,
+        Err(e) => {
+            return Refusal::new(Reason::BadRequest, event_id)
+                .detail(format!("bad URL host: {e}"))
+                .close()
+                .into_response()
+        }
+    };
+    let target = Target { host, port, tls: false };
+    if let Err(detail) = check_authority(&req, &target, false) {
+        let d = Decision::deny(Reason::HostMismatch);
+        log_decision(&event_id, &who, listener, &target, req.method(), req.uri().path(), &d);
+        return Refusal::new(Reason::HostMismatch, event_id).detail(detail).close().into_response();
+    }
+    decide_and_forward(ctx, &who, listener, target, event_id, req, true).await
+}
+
+/// `Host` (and `:authority` / an absolute URI) must name the tunnel's target.
+fn check_authority<B>(req: &Request<B>, target: &Target, h2: bool) -> Result<(), String> {
+    let default = target.default_port();
+    let matches = |s: &str| -> Result<(), String> {
+        match split_host_port(s, default) {
+            Ok((h, p)) if h == target.host && p == target.port => Ok(()),
+            Ok((h, p)) => Err(format!("request names {h}:{p} but the connection is for {}:{}", target.host, target.port)),
+            Err(e) => Err(format!("bad Host: {e}")),
+        }
+    };
+    let mut seen = false;
+    if let Some(a) = req.uri().authority() {
+        matches(a.as_str())?;
+        seen = true;
+    }
+    if let Some(h) = req.headers().get(HOST) {
+        let h = h.to_str().map_err(|_| "Host is not ASCII".to_owned())?;
+        matches(h)?;
+        seen = true;
+    }
+    if !seen {
+        return Err(if h2 { "missing :authority" } else { "missing Host header" }.into());
+    }
+    Ok(())
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    let upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let conn_upgrade = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade && conn_upgrade
+}
+
+/// Steps 5.3–5.8: classify, decide, audit, act, stream.
+async fn decide_and_forward(
+    ctx: Arc<Ctx>,
+    who: &Identity,
+    listener: &str,
+    target: Target,
+    event_id: String,
+    req: Request<Incoming>,
+    h1: bool,
+) -> Response<ProxyBody> {
+    let snap = ctx.policy.load();
+    let websocket = h1 && is_websocket(&req);
+    let has_upgrade = req.headers().contains_key(UPGRADE);
+    let path = req.uri().path().to_owned();
+    // 5.3 Classification (provider, model, operation) plugs in here.
+    // 5.4 Detectors plug in here.
+    // 5.5 Decide.
+    let decision = match snap.policy.agent(&who.agent) {
+        None => Decision::deny(Reason::AuthFailed),
+        Some(agent) => snap.policy.decide(
+            agent,
+            &RequestFacts {
+                host: &target.host,
+                port: target.port,
+                method: req.method().as_str(),
+                path: &path,
+                plaintext: !target.tls,
+                websocket,
+            },
+        ),
+    };
+    log_decision(&event_id, who, listener, &target, req.method(), &path, &decision);
+    let route = match (&decision.route, decision.is_allow()) {
+        (Some(r), true) => r.clone(),
+        _ => {
+            let mut r = Refusal::new(decision.reason, event_id);
+            if has_upgrade {
+                // A refused upgrade leaves the byte stream ambiguous: close.
+                r = r.close();
+            }
+            return r.into_response();
+        }
+    };
+    // SSRF for IP literals is decided before any byte leaves (names are
+    // checked per resolved address in the connector).
+    if let Host::Ip(ip) = &target.host {
+        if classify_ip(*ip).is_some() && !route.allows_private(*ip) {
+            return Refusal::new(Reason::SsrfBlocked, event_id).into_response();
+        }
+    }
+    // 5.6 Audit before act: the ledger append goes here.
+    // 5.7 Act.
+    forward(ctx, who, snap.generation, route, target, event_id, req, websocket).await
+}
+
+/// Hop-by-hop headers never cross the proxy (RFC 9110 §7.6.1), and neither do
+/// proxy credentials.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if keep_upgrade && name == UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(UPGRADE);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: Arc<Ctx>,
+    who: &Identity,
+    generation: u64,
+    route: Arc<portcullis_rules::Route>,
+    target: Target,
+    event_id: String,
+    mut req: Request<Incoming>,
+    websocket: bool,
+) -> Response<ProxyBody> {
+    let started = tokio::time::Instant::now();
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri: Uri = match format!("{scheme}://{}{pq}", target.authority()).parse() {
+        Ok(u) => u,
+        Err(_) => return Refusal::new(Reason::BadRequest, event_id).detail("bad request target").into_response(),
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    // hyper sets Host / :authority from the URI, which we just validated.
+    parts.headers.remove(HOST);
+    if websocket {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let up_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let client = ctx.upstream.client(&who.tenant, &route, generation, websocket);
+    let result = tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
+    let mut resp = match result {
+        Err(_) => {
+            return Refusal::new(Reason::UpstreamTimeout, event_id)
+                .detail("no response headers from upstream in time")
+                .into_response()
+        }
+        Ok(Err(e)) => return upstream_refusal(&e, event_id).into_response(),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if let Some(client_upgrade) = client_upgrade {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let span = tracing::Span::current();
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
+                        tracing::info!("websocket upgrade did not complete");
+                        return;
+                    };
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "websocket closed"),
+                        Err(e) => tracing::debug!(error = %e, "websocket relay ended with an error"),
+                    }
+                },
+                span,
+            ));
+            let (mut parts, _) = resp.into_parts();
+            scrub_response_headers(&mut parts.headers, true, &event_id);
+            return Response::from_parts(parts, crate::body::empty());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    scrub_response_headers(&mut parts.headers, false, &event_id);
+    let outcome_event = event_id.clone();
+    let host = target.host.to_string();
+    // 5.8 Stream back unbuffered; 5.9 the outcome is reported when it ends.
+    let metered = Metered::new(body, move |bytes_out, end: End| {
+        tracing::info!(
+            target: "portcullis::outcome",
+            event_id = %outcome_event,
+            host = %host,
+            status = status.as_u16(),
+            bytes_out,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            end = end.as_str(),
+        );
+    });
+    let mut out = Response::from_parts(parts, metered.boxed_unsync());
+    if websocket {
+        // The upstream refused the upgrade; the client must not reuse the connection.
+        out.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    out
+}
+
+fn scrub_response_headers(headers: &mut HeaderMap, upgrade: bool, event_id: &str) {
+    strip_hop_by_hop(headers, upgrade);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // An upstream must not be able to forge our verdict headers.
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-portcullis-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        headers.remove(k);
+    }
+    if let Ok(v) = HeaderValue::from_str(event_id) {
+        headers.insert(HDR_EVENT_ID, v);
+    }
+}
+
+fn upstream_refusal(e: &hyper_util::client::legacy::Error, event_id: String) -> Refusal {
+    let Some(ce) = find_connect_error(e) else {
+        tracing::warn!(error = %e, "upstream request failed");
+        return Refusal::new(Reason::UpstreamError, event_id).detail("the upstream connection failed");
+    };
+    tracing::warn!(error = %ce, "upstream connect failed");
+    let (reason, detail) = match ce {
+        ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => (Reason::SsrfBlocked, ce.to_string()),
+        ConnectError::Resolve { .. } => (Reason::ResolveFailed, ce.to_string()),
+        ConnectError::ConnectTimeout { .. } | ConnectError::TlsTimeout { .. } => (Reason::UpstreamTimeout, ce.to_string()),
+        ConnectError::Tls { .. } => (Reason::UpstreamTls, ce.to_string()),
+        ConnectError::Connect { .. } => (Reason::UpstreamConnect, ce.to_string()),
+        _ => (Reason::UpstreamError, ce.to_string()),
+    };
+    Refusal::new(reason, event_id).detail(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>, uri: &str) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn target(h: &str, port: u16) -> Target {
+        Target {
+            host: Host::parse(h).unwrap(),
+            port,
+            tls: true,
+        }
+    }
+
+    #[test]
+    fn host_header_must_equal_connect_target() {
+        let t = target("api.openai.com", 443);
+        assert!(check_authority(&req(Some("api.openai.com"), "/v1"), &t, false).is_ok());
+        assert!(check_authority(&req(Some("API.OpenAI.com.:443"), "/v1"), &t, false).is_ok());
+        assert!(check_authority(&req(Some("evil.example"), "/v1"), &t, false).is_err());
+        assert!(check_authority(&req(Some("api.openai.com:8443"), "/v1"), &t, false).is_err());
+        assert!(check_authority(&req(None, "/v1"), &t, false).is_err());
+        assert!(check_authority(&req(None, "https://api.openai.com/v1"), &t, true).is_ok());
+        assert!(check_authority(&req(Some("api.openai.com"), "https://evil.example/v1"), &t, false).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_proxy_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic Zm9vOmJhcg=="));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("authorization", HeaderValue::from_static("Bearer k"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn upstream_cannot_forge_portcullis_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-portcullis-decision", HeaderValue::from_static("allow"));
+        scrub_response_headers(&mut h, false, "ev");
+        assert!(!h.contains_key("x-portcullis-decision"));
+        assert_eq!(h[HDR_EVENT_ID], "ev");
+    }
+}

@@ -1,0 +1,1327 @@
+//! The config file: raw serde structs (every value `Spanned`), and their conversion into
+//! the validated public types.
+//!
+//! Parsing happens in two passes. Serde reads the text into the private `Raw*` structs,
+//! which only know TOML types; a syntax, type or unknown-field error stops there and is
+//! reported with its position. The validation pass then converts every raw value into
+//! its public type, recording each problem with the position of the offending value,
+//! and keeps going, so that one run of `portcullis check` lists every error in the file.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::decision::Action;
+use crate::host::{parse_port, Host, HostPattern};
+use crate::policy::{Agent, Mode, PathPattern, Policy, Route};
+
+/// The embedded default config: a loopback listener without auth, and one route that
+/// allows the well-known model provider APIs. Used when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// The whole config file, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// At least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin API listener.
+    pub admin: AdminConfig,
+    /// Where the local CA lives and how leaves are minted.
+    pub ca: CaConfig,
+    /// How the proxy talks to upstreams.
+    pub upstream: UpstreamConfig,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Where the ledger is written.
+    pub ledger: LedgerConfig,
+    /// Tenants, agents and routes.
+    pub policy: Arc<Policy>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name, used as the `listener` metric label and ledger field.
+    pub name: String,
+    /// Address to bind. Port 0 asks the OS for a free port (tests).
+    pub bind: SocketAddr,
+    /// What kind of listener.
+    pub mode: ListenerMode,
+    /// How callers are identified.
+    pub auth: ListenerAuth,
+}
+
+impl Default for ListenerConfig {
+    /// The listener used when the file has no `[[listeners]]`.
+    fn default() -> Self {
+        ListenerConfig {
+            name: "forward".to_owned(),
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            mode: ListenerMode::Forward,
+            auth: ListenerAuth::Basic,
+        }
+    }
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenerMode {
+    /// An HTTP forward proxy: `CONNECT` and absolute-form requests.
+    Forward,
+}
+
+/// How a listener identifies the calling agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerAuth {
+    /// `Proxy-Authorization: Basic base64(agent_id:token)`.
+    Basic,
+    /// Every connection is this agent (sidecars). Only on loopback unless forced.
+    None {
+        /// A declared agent id.
+        agent: String,
+    },
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9901`.
+    pub bind: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        }
+    }
+}
+
+/// `[ca]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaConfig {
+    /// Default `.portcullis/ca`.
+    pub dir: PathBuf,
+    /// Lifetime of minted leaf certificates. Default 7 days.
+    pub leaf_ttl: Duration,
+    /// How many leaves the cache keeps. Default 10 000.
+    pub cache_capacity: usize,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            dir: PathBuf::from(".portcullis/ca"),
+            leaf_ttl: Duration::from_secs(7 * 24 * 3600),
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+/// `[ledger]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Default `.portcullis/ledger`.
+    pub dir: PathBuf,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            dir: PathBuf::from(".portcullis/ledger"),
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Extra PEM CA files trusted for upstream certificates, besides the webpki roots.
+    pub extra_ca: Vec<PathBuf>,
+    /// Fixed name → address mappings that bypass DNS (split horizon, tests).
+    pub resolve: Vec<ResolveEntry>,
+    /// TCP connect timeout. Default 10 s.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout. Default 10 s.
+    pub tls_timeout: Duration,
+    /// Time to the response head. Default 60 s.
+    pub response_header_timeout: Duration,
+    /// How long a pooled connection may sit idle. Default 90 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            extra_ca: Vec::new(),
+            resolve: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            response_header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// One `--resolve` / `[upstream] resolve` entry: connect to `addr` for `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveEntry {
+    /// The name the client asked for.
+    pub host: Host,
+    /// The port the client asked for.
+    pub port: u16,
+    /// Where to connect instead.
+    pub addr: SocketAddr,
+}
+
+impl ResolveEntry {
+    /// Parse `HOST:PORT:ADDR:PORT`; `ADDR` is an IP literal and may be `[v6]`.
+    /// Used by the CLI flag `--resolve` too.
+    pub fn parse(s: &str) -> Result<ResolveEntry, String> {
+        let hint = "write HOST:PORT:ADDR:PORT, as in `api.openai.com:443:127.0.0.1:4443`";
+        let (host, rest) = match s.split_once(':') {
+            Some(parts) => parts,
+            None => return Err(format!("`{s}` is not a resolve entry; {hint}")),
+        };
+        let (port, addr) = match rest.split_once(':') {
+            Some(parts) => parts,
+            None => return Err(format!("`{s}` is not a resolve entry; {hint}")),
+        };
+        let host = Host::parse(host).map_err(|e| format!("`{s}`: bad host: {e}"))?;
+        let port = parse_port(port)
+            .ok_or_else(|| format!("`{s}`: `{port}` is not a port (1-65535); {hint}"))?;
+        let addr = parse_ip_port(addr).ok_or_else(|| {
+            format!("`{s}`: `{addr}` is not IP:PORT (write IPv6 as `[::1]:443`); {hint}")
+        })?;
+        Ok(ResolveEntry { host, port, addr })
+    }
+}
+
+impl fmt::Display for ResolveEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.host, self.port, self.addr)
+    }
+}
+
+/// `IP:PORT` or `[v6]:PORT`, strictly (no inet_aton spellings), port 1..=65535.
+fn parse_ip_port(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest.split_once("]:")?;
+        (ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)?, port)
+    } else {
+        let (ip, port) = s.rsplit_once(':')?;
+        (ip.parse::<IpAddr>().ok()?, port)
+    };
+    Some(SocketAddr::new(ip, parse_port(port)?))
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a complete request head (slowloris guard). Default 10 s.
+    pub client_header_timeout: Duration,
+    /// Largest request head accepted. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Largest body read for inspection. Default 8 MiB.
+    pub max_inspect_body: u64,
+    /// Concurrent client connections. Default 10 000.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            client_header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_inspect_body: 8 * 1024 * 1024,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Every problem found in a config file. `Display` prints one `file:line:col: message`
+/// per line, sorted by position.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render_errors(.errors))]
+pub struct ConfigErrors {
+    /// At least one.
+    pub errors: Vec<ConfigError>,
+}
+
+fn render_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ConfigError::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One config problem, with a 1-based position and a message that suggests the fix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}:{col}: {message}")]
+pub struct ConfigError {
+    /// The file name given to [`parse_config`].
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Parse and validate a config file. `name` is the file name used in error messages.
+pub fn parse_config(name: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let mut cx = Errors {
+        file: name,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            // Serde messages may span lines; keep one line per error.
+            cx.at(&span, e.message().trim().replace('\n', "; "));
+            return Err(cx.finish());
+        }
+    };
+    let config = cx.config(raw);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw structs: exactly the file's shape, every table `deny_unknown_fields`.
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: Option<S<i64>>,
+    listeners: Option<S<Vec<S<RawListener>>>>,
+    admin: Option<RawAdmin>,
+    ca: Option<RawCa>,
+    ledger: Option<RawLedger>,
+    upstream: Option<RawUpstream>,
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    tenants: Vec<S<RawTenant>>,
+    #[serde(default)]
+    agents: Vec<S<RawAgent>>,
+    #[serde(default)]
+    routes: Vec<S<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<S<String>>,
+    bind: Option<S<String>>,
+    mode: Option<S<String>>,
+    auth: Option<S<String>>,
+    agent: Option<S<String>>,
+    force_unauthenticated: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    dir: Option<S<String>>,
+    leaf_ttl: Option<S<RawDuration>>,
+    cache_capacity: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    dir: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default)]
+    extra_ca: Vec<S<String>>,
+    #[serde(default)]
+    resolve: Vec<S<String>>,
+    connect_timeout: Option<S<RawDuration>>,
+    tls_timeout: Option<S<RawDuration>>,
+    response_header_timeout: Option<S<RawDuration>>,
+    idle_timeout: Option<S<RawDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    client_header_timeout: Option<S<RawDuration>>,
+    max_header_bytes: Option<S<i64>>,
+    max_inspect_body: Option<S<i64>>,
+    max_connections: Option<S<i64>>,
+    shutdown_grace: Option<S<RawDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: Option<S<String>>,
+    tenant: Option<S<String>>,
+    token_sha256: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    id: Option<S<String>>,
+    tenants: Option<S<Vec<S<String>>>>,
+    agents: Option<S<Vec<S<String>>>>,
+    hosts: Option<S<Vec<S<String>>>>,
+    ports: Option<S<Vec<S<i64>>>>,
+    methods: Option<S<Vec<S<String>>>>,
+    paths: Option<S<Vec<S<String>>>>,
+    action: Option<S<String>>,
+    mode: Option<S<String>>,
+    websocket: Option<bool>,
+    allow_plaintext: Option<bool>,
+    allow_private: Option<Vec<S<String>>>,
+    // SPEC §4.1 keys that later versions implement. Accepted here only to say so clearly.
+    models: Option<S<toml::Value>>,
+    inject_key: Option<S<toml::Value>>,
+    detectors: Option<S<toml::Value>>,
+    narrow: Option<S<toml::Value>>,
+    budget: Option<S<toml::Value>>,
+}
+
+/// A duration as written. Numbers are read only to explain that a unit is needed.
+enum RawDuration {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"500ms\", \"10s\", \"5m\", \"2h\" or \"7d\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_owned()))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Number(v))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation: convert raw into public types, recording every error and carrying on.
+
+struct Errors<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+/// Where the first declaration of an id was, for "duplicate" messages.
+type Seen = HashMap<String, Range<usize>>;
+
+impl Errors<'_> {
+    fn at(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        // Stable sort: errors at one position keep the order they were found in.
+        self.errors.sort_by_key(|e| (e.line, e.col));
+        ConfigErrors {
+            errors: self.errors,
+        }
+    }
+
+    /// Record `result`'s error at `span`, and turn it into an `Option`.
+    fn check<T>(&mut self, span: &Range<usize>, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.at(span, message);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        match &raw.version {
+            None => self.at(
+                &(0..0),
+                "missing `version = 1`; add it as the first line of the file",
+            ),
+            Some(v) if *v.get_ref() != 1 => self.at(
+                &v.span(),
+                format!(
+                    "unsupported version {}; this Portcullis reads `version = 1`",
+                    v.get_ref()
+                ),
+            ),
+            Some(_) => {}
+        }
+
+        // References are checked against every declared id, valid or not, so that one
+        // broken agent does not also produce an error at each place that names it.
+        let tenants = self.tenants(raw.tenants);
+        let (agent_ids, agents) = self.agents(raw.agents, &tenants);
+        let routes = self.routes(raw.routes, &tenants, &agent_ids);
+        let admin = self.admin(raw.admin);
+        let listeners = self.listeners(raw.listeners, &agent_ids, &admin);
+        let ca = self.ca(raw.ca);
+        let ledger = self.ledger(raw.ledger);
+        let upstream = self.upstream(raw.upstream);
+        let limits = self.limits(raw.limits);
+
+        let tenants: Vec<String> = tenants.into_keys_in_order();
+        Config {
+            listeners,
+            admin,
+            ca,
+            upstream,
+            limits,
+            ledger,
+            policy: Arc::new(Policy::new(tenants, agents, routes, self.text)),
+        }
+    }
+
+    /// A valid, not yet seen id; records an error otherwise.
+    fn new_id(&mut self, kind: &str, id: &S<String>, seen: &mut Seen) -> Option<String> {
+        let value = id.get_ref();
+        if let Err(message) = validate_id(kind, value) {
+            self.at(&id.span(), message);
+            return None;
+        }
+        if let Some(first) = seen.get(value) {
+            let line = self.line_of(first);
+            self.at(
+                &id.span(),
+                format!("duplicate {kind} id `{value}` (first declared on line {line}); ids must be unique, rename one"),
+            );
+            return None;
+        }
+        seen.insert(value.clone(), id.span());
+        Some(value.clone())
+    }
+
+    fn tenants(&mut self, raw: Vec<S<RawTenant>>) -> OrderedIds {
+        let mut seen = Seen::new();
+        let mut ids = OrderedIds::default();
+        for tenant in raw {
+            let span = tenant.span();
+            match &tenant.get_ref().id {
+                None => self.at(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
+                Some(id) => {
+                    if let Some(id) = self.new_id("tenant", id, &mut seen) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    fn agents(&mut self, raw: Vec<S<RawAgent>>, tenants: &OrderedIds) -> (OrderedIds, Vec<Agent>) {
+        let mut seen = Seen::new();
+        let mut ids = OrderedIds::default();
+        let mut agents = Vec::new();
+        for agent in raw {
+            let span = agent.span();
+            let agent = agent.into_inner();
+            let id = match &agent.id {
+                None => {
+                    self.at(&span, "agent needs an `id`, as in `id = \"research-bot\"`");
+                    None
+                }
+                Some(id) => self.new_id("agent", id, &mut seen),
+            };
+            if let Some(id) = &id {
+                ids.push(id.clone());
+            }
+            let tenant = match &agent.tenant {
+                None => {
+                    self.at(&span, "agent needs a `tenant`, as in `tenant = \"acme\"`; every agent belongs to exactly one tenant");
+                    None
+                }
+                Some(tenant) if !tenants.contains(tenant.get_ref()) => {
+                    self.at(
+                        &tenant.span(),
+                        format!(
+                            "agent refers to unknown tenant `{}`; declare it with [[tenants]] id = \"{}\"",
+                            tenant.get_ref(),
+                            tenant.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Some(tenant) => Some(tenant.get_ref().clone()),
+            };
+            let token = match &agent.token_sha256 {
+                None => {
+                    self.at(&span, "agent needs a `token_sha256` (64 hex characters; `portcullis agent hash-token` prints it)");
+                    None
+                }
+                Some(token) => self.check(&token.span(), parse_token_hash(token.get_ref())),
+            };
+            if let (Some(id), Some(tenant), Some(token)) = (id, tenant, token) {
+                agents.push(Agent::new(id, tenant, token));
+            }
+        }
+        (ids, agents)
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<S<RawRoute>>,
+        tenants: &OrderedIds,
+        agents: &OrderedIds,
+    ) -> Vec<Route> {
+        let mut seen = Seen::new();
+        raw.into_iter()
+            .map(|route| self.route(route, tenants, agents, &mut seen))
+            .collect()
+    }
+
+    fn route(
+        &mut self,
+        raw: S<RawRoute>,
+        known_tenants: &OrderedIds,
+        known_agents: &OrderedIds,
+        seen: &mut Seen,
+    ) -> Route {
+        let span = raw.span();
+        let raw = raw.into_inner();
+
+        let id = match &raw.id {
+            None => {
+                self.at(&span, "route needs an `id`, as in `id = \"acme-openai\"`; it names the route in the ledger");
+                String::new()
+            }
+            Some(id) => self.new_id("route", id, seen).unwrap_or_default(),
+        };
+
+        for (key, value) in [
+            ("models", &raw.models),
+            ("inject_key", &raw.inject_key),
+            ("detectors", &raw.detectors),
+            ("narrow", &raw.narrow),
+            ("budget", &raw.budget),
+        ] {
+            if let Some(value) = value {
+                self.at(
+                    &value.span(),
+                    format!("`{key}` is not supported yet by this version of Portcullis; remove it"),
+                );
+            }
+        }
+
+        if let (Some(t), Some(_)) = (&raw.tenants, &raw.agents) {
+            self.at(
+                &t.span(),
+                "a route takes `tenants` or `agents`, not both; split it into two routes",
+            );
+        }
+        let tenants = self.scope_list(raw.tenants, "tenants", "tenant", |id| {
+            known_tenants.contains(id)
+        });
+        let agents = self.scope_list(raw.agents, "agents", "agent", |id| {
+            known_agents.contains(id)
+        });
+
+        let mut hosts = Vec::new();
+        match raw.hosts {
+            None => self.at(
+                &span,
+                "route has no `hosts`; add the hosts it covers, as in `hosts = [\"api.openai.com\"]`",
+            ),
+            Some(list) if list.get_ref().is_empty() => self.at(
+                &list.span(),
+                "route has an empty `hosts` list; add the hosts it covers, as in `hosts = [\"api.openai.com\"]`",
+            ),
+            Some(list) => {
+                for host in list.into_inner() {
+                    if let Some(pattern) = self.check(&host.span(), HostPattern::parse(host.get_ref())) {
+                        hosts.push(pattern);
+                    }
+                }
+            }
+        }
+
+        let action = match &raw.action {
+            None => {
+                self.at(&span, "route needs an `action`: \"allow\" or \"deny\"");
+                Action::Deny
+            }
+            Some(action) => match action.get_ref().as_str() {
+                "allow" => Action::Allow,
+                "deny" => Action::Deny,
+                other @ ("narrow" | "approve" | "warn") => {
+                    self.at(
+                        &action.span(),
+                        format!("action \"{other}\" is not supported yet by this version of Portcullis; use \"allow\" or \"deny\""),
+                    );
+                    Action::Deny
+                }
+                other => {
+                    self.at(
+                        &action.span(),
+                        format!("unknown action \"{other}\"; use \"allow\" or \"deny\""),
+                    );
+                    Action::Deny
+                }
+            },
+        };
+
+        let mode = match &raw.mode {
+            None => Mode::Intercept,
+            Some(mode) => match mode.get_ref().as_str() {
+                "intercept" => Mode::Intercept,
+                "passthrough" => Mode::Passthrough,
+                other => {
+                    self.at(
+                        &mode.span(),
+                        format!("unknown mode \"{other}\"; use \"intercept\" or \"passthrough\""),
+                    );
+                    Mode::Intercept
+                }
+            },
+        };
+
+        let allow_plaintext = raw.allow_plaintext.unwrap_or(false);
+        let ports = match raw.ports {
+            None => match (action, allow_plaintext) {
+                (Action::Allow, false) => vec![443],
+                _ => vec![443, 80],
+            },
+            Some(list) if list.get_ref().is_empty() => {
+                self.at(
+                    &list.span(),
+                    "route has an empty `ports` list; list ports, or remove `ports` to use the default [443]",
+                );
+                Vec::new()
+            }
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .filter_map(|port| {
+                    let value = *port.get_ref();
+                    match u16::try_from(value) {
+                        Ok(p) if p != 0 => Some(p),
+                        _ => {
+                            self.at(
+                                &port.span(),
+                                format!("port {value} is out of range; use a port from 1 to 65535"),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect(),
+        };
+
+        let methods = match &raw.methods {
+            None => Vec::new(),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.at(&list.span(), "route has an empty `methods` list; remove `methods` to allow any method, or list them");
+                }
+                list.get_ref()
+                    .iter()
+                    .filter_map(|m| self.check(&m.span(), parse_method(m.get_ref())))
+                    .collect()
+            }
+        };
+
+        let paths = match &raw.paths {
+            None => Vec::new(),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.at(&list.span(), "route has an empty `paths` list; remove `paths` to allow any path, or list them");
+                }
+                list.get_ref()
+                    .iter()
+                    .filter_map(|p| self.check(&p.span(), PathPattern::parse(p.get_ref())))
+                    .collect()
+            }
+        };
+
+        if mode == Mode::Passthrough {
+            for (key, list) in [("methods", &raw.methods), ("paths", &raw.paths)] {
+                if let Some(list) = list {
+                    self.at(
+                        &list.span(),
+                        format!("a passthrough route cannot enforce `{key}` (the proxy never sees the requests inside); remove `{key}` or use mode = \"intercept\""),
+                    );
+                }
+            }
+        }
+
+        let allow_private = raw
+            .allow_private
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|net| self.check(&net.span(), parse_net(net.get_ref())))
+            .collect();
+
+        Route {
+            id,
+            tenants,
+            agents,
+            hosts,
+            ports,
+            methods,
+            paths,
+            action,
+            mode,
+            websocket: raw.websocket.unwrap_or(false),
+            allow_plaintext,
+            allow_private,
+        }
+    }
+
+    /// A route's `tenants` or `agents` list: present means non-empty, and every id known.
+    fn scope_list(
+        &mut self,
+        list: Option<S<Vec<S<String>>>>,
+        key: &str,
+        kind: &str,
+        known: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.at(
+                &list.span(),
+                format!("`{key} = []` names no {kind}; list at least one, or remove `{key}` to apply the route to every agent"),
+            );
+        }
+        let mut ids = Vec::new();
+        for id in list.into_inner() {
+            if known(id.get_ref()) {
+                ids.push(id.into_inner());
+            } else {
+                self.at(
+                    &id.span(),
+                    format!(
+                        "route refers to unknown {kind} `{}`; declare it with [[{key}]] or fix the spelling",
+                        id.get_ref()
+                    ),
+                );
+            }
+        }
+        ids
+    }
+
+    fn admin(&mut self, raw: Option<RawAdmin>) -> AdminConfig {
+        let mut admin = AdminConfig::default();
+        if let Some(bind) = raw.and_then(|raw| raw.bind) {
+            if let Some(addr) = self.check(&bind.span(), parse_bind(bind.get_ref())) {
+                admin.bind = addr;
+            }
+        }
+        admin
+    }
+
+    fn listeners(
+        &mut self,
+        raw: Option<S<Vec<S<RawListener>>>>,
+        agents: &OrderedIds,
+        admin: &AdminConfig,
+    ) -> Vec<ListenerConfig> {
+        let Some(raw) = raw else {
+            return vec![ListenerConfig::default()];
+        };
+        if raw.get_ref().is_empty() {
+            self.at(
+                &raw.span(),
+                "`listeners` is empty; add a [[listeners]] table, or remove the key for the default listener on 127.0.0.1:8080",
+            );
+        }
+        let mut names = Seen::new();
+        let mut binds: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+        let mut listeners = Vec::new();
+        for listener in raw.into_inner() {
+            let span = listener.span();
+            let listener = listener.into_inner();
+
+            let name = match &listener.name {
+                None => "forward".to_owned(),
+                Some(name) => name.get_ref().clone(),
+            };
+            let name_span = listener.name.as_ref().map_or(span.clone(), Spanned::span);
+            if let Err(message) = validate_id("listener", &name) {
+                self.at(&name_span, message);
+            } else if let Some(first) = names.get(&name) {
+                let line = self.line_of(first);
+                self.at(
+                    &name_span,
+                    format!("duplicate listener name `{name}` (first used on line {line}); give each listener a unique `name`"),
+                );
+            } else {
+                names.insert(name.clone(), name_span);
+            }
+
+            let bind = match &listener.bind {
+                None => {
+                    self.at(&span, "listener needs a `bind` address, as in `bind = \"127.0.0.1:8080\"`");
+                    None
+                }
+                Some(bind) => {
+                    let addr = self.check(&bind.span(), parse_bind(bind.get_ref()));
+                    if let Some(addr) = addr.filter(|addr| addr.port() != 0) {
+                        if addr == admin.bind {
+                            self.at(
+                                &bind.span(),
+                                format!("listener bind {addr} is also the admin bind; use another port"),
+                            );
+                        } else if let Some(first) = binds.get(&addr) {
+                            let line = self.line_of(first);
+                            self.at(
+                                &bind.span(),
+                                format!("duplicate listener bind {addr} (first used on line {line}); each listener needs its own address"),
+                            );
+                        } else {
+                            binds.insert(addr, bind.span());
+                        }
+                    }
+                    addr
+                }
+            };
+
+            let mode = match &listener.mode {
+                None => Some(ListenerMode::Forward),
+                Some(mode) => match mode.get_ref().as_str() {
+                    "forward" => Some(ListenerMode::Forward),
+                    other @ ("transparent" | "gateway") => {
+                        self.at(
+                            &mode.span(),
+                            format!("listener mode \"{other}\" is not supported yet by this version of Portcullis; use mode = \"forward\""),
+                        );
+                        None
+                    }
+                    other => {
+                        self.at(
+                            &mode.span(),
+                            format!("unknown listener mode \"{other}\"; use mode = \"forward\""),
+                        );
+                        None
+                    }
+                },
+            };
+
+            let auth = self.listener_auth(&listener, span.clone(), bind, agents);
+
+            if let (Some(bind), Some(mode), Some(auth)) = (bind, mode, auth) {
+                listeners.push(ListenerConfig {
+                    name,
+                    bind,
+                    mode,
+                    auth,
+                });
+            }
+        }
+        listeners
+    }
+
+    fn listener_auth(
+        &mut self,
+        listener: &RawListener,
+        span: Range<usize>,
+        bind: Option<SocketAddr>,
+        agents: &OrderedIds,
+    ) -> Option<ListenerAuth> {
+        let auth_span = listener.auth.as_ref().map_or(span.clone(), Spanned::span);
+        match listener.auth.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("basic") => {
+                if let Some(agent) = &listener.agent {
+                    self.at(
+                        &agent.span(),
+                        "`agent` only applies to a listener with auth = \"none\"; remove it, or set auth = \"none\"",
+                    );
+                    return None;
+                }
+                Some(ListenerAuth::Basic)
+            }
+            Some("none") => {
+                let Some(agent) = &listener.agent else {
+                    self.at(
+                        &auth_span,
+                        "a listener with auth = \"none\" needs `agent = \"…\"`: the declared agent every connection acts as",
+                    );
+                    return None;
+                };
+                let id = agent.get_ref();
+                if !agents.contains(id) {
+                    self.at(
+                        &agent.span(),
+                        format!("listener refers to unknown agent `{id}`; declare it with [[agents]] or fix the spelling"),
+                    );
+                    return None;
+                }
+                if let Some(bind) = bind {
+                    if !bind.ip().is_loopback() && listener.force_unauthenticated != Some(true) {
+                        self.at(
+                            &auth_span,
+                            format!("auth = \"none\" on the non-loopback address {bind} lets anyone who can reach it act as agent `{id}`; bind to 127.0.0.1, use auth = \"basic\", or set force_unauthenticated = true"),
+                        );
+                        return None;
+                    }
+                }
+                Some(ListenerAuth::None { agent: id.clone() })
+            }
+            Some(other) => {
+                self.at(
+                    &auth_span,
+                    format!("unknown auth \"{other}\"; use auth = \"basic\" or auth = \"none\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn ca(&mut self, raw: Option<RawCa>) -> CaConfig {
+        let mut ca = CaConfig::default();
+        let Some(raw) = raw else { return ca };
+        if let Some(dir) = self.dir(raw.dir) {
+            ca.dir = dir;
+        }
+        if let Some(ttl) = self.duration(raw.leaf_ttl, false) {
+            ca.leaf_ttl = ttl;
+        }
+        if let Some(n) = self.positive(raw.cache_capacity) {
+            ca.cache_capacity = n;
+        }
+        ca
+    }
+
+    fn ledger(&mut self, raw: Option<RawLedger>) -> LedgerConfig {
+        let mut ledger = LedgerConfig::default();
+        if let Some(dir) = self.dir(raw.and_then(|raw| raw.dir)) {
+            ledger.dir = dir;
+        }
+        ledger
+    }
+
+    fn upstream(&mut self, raw: Option<RawUpstream>) -> UpstreamConfig {
+        let mut upstream = UpstreamConfig::default();
+        let Some(raw) = raw else { return upstream };
+        for file in raw.extra_ca {
+            if let Some(path) = self.dir(Some(file)) {
+                upstream.extra_ca.push(path);
+            }
+        }
+        for entry in raw.resolve {
+            if let Some(entry) = self.check(&entry.span(), ResolveEntry::parse(entry.get_ref())) {
+                upstream.resolve.push(entry);
+            }
+        }
+        let timeouts = [
+            (raw.connect_timeout, &mut upstream.connect_timeout),
+            (raw.tls_timeout, &mut upstream.tls_timeout),
+            (raw.response_header_timeout, &mut upstream.response_header_timeout),
+            (raw.idle_timeout, &mut upstream.idle_timeout),
+        ];
+        for (raw, slot) in timeouts {
+            if let Some(value) = self.duration(raw, false) {
+                *slot = value;
+            }
+        }
+        upstream
+    }
+
+    fn limits(&mut self, raw: Option<RawLimits>) -> Limits {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else { return limits };
+        if let Some(value) = self.duration(raw.client_header_timeout, false) {
+            limits.client_header_timeout = value;
+        }
+        if let Some(value) = self.positive(raw.max_header_bytes) {
+            limits.max_header_bytes = value;
+        }
+        if let Some(value) = self.positive(raw.max_inspect_body) {
+            limits.max_inspect_body = value;
+        }
+        if let Some(value) = self.positive(raw.max_connections) {
+            limits.max_connections = value;
+        }
+        // Zero grace is a legitimate "stop now".
+        if let Some(value) = self.duration(raw.shutdown_grace, true) {
+            limits.shutdown_grace = value;
+        }
+        limits
+    }
+
+    fn dir(&mut self, raw: Option<S<String>>) -> Option<PathBuf> {
+        let raw = raw?;
+        if raw.get_ref().is_empty() {
+            self.at(&raw.span(), "the path is empty; write a file or directory path");
+            return None;
+        }
+        Some(PathBuf::from(raw.into_inner()))
+    }
+
+    fn duration(&mut self, raw: Option<S<RawDuration>>, zero_ok: bool) -> Option<Duration> {
+        let raw = raw?;
+        let result = match raw.get_ref() {
+            RawDuration::Text(text) => parse_duration(text).and_then(|d| {
+                if d.is_zero() && !zero_ok {
+                    Err(format!("duration \"{text}\" is zero; use a positive duration such as \"10s\""))
+                } else {
+                    Ok(d)
+                }
+            }),
+            RawDuration::Number(n) => Err(format!(
+                "durations are strings with a unit; write \"{n}s\" (or \"ms\", \"m\", \"h\", \"d\")"
+            )),
+        };
+        self.check(&raw.span(), result)
+    }
+
+    fn positive<T: TryFrom<i64>>(&mut self, raw: Option<S<i64>>) -> Option<T> {
+        let raw = raw?;
+        let value = *raw.get_ref();
+        match T::try_from(value) {
+            Ok(n) if value > 0 => Some(n),
+            _ => {
+                self.at(&raw.span(), format!("{value} is out of range; use a positive number"));
+                None
+            }
+        }
+    }
+}
+
+/// Declared ids in file order, with a fast membership test.
+#[derive(Default)]
+struct OrderedIds {
+    order: Vec<String>,
+    set: HashSet<String>,
+}
+
+impl OrderedIds {
+    fn push(&mut self, id: String) {
+        self.set.insert(id.clone());
+        self.order.push(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn into_keys_in_order(self) -> Vec<String> {
+        self.order
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// Ids name things in the ledger, metrics and `Proxy-Authorization` (where `:` would
+/// split the agent id), so they are kept to a safe alphabet.
+fn validate_id(kind: &str, id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} id `{id}` is not valid; use 1 to 64 ASCII letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+fn parse_token_hash(s: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    let hint = "`portcullis agent hash-token` prints it";
+    if s.len() != 64 {
+        return Err(format!(
+            "token_sha256 must be 64 hex characters (the SHA-256 of the token), got {} characters; {hint}",
+            s.chars().count()
+        ));
+    }
+    hex::decode_to_slice(s, &mut out).map_err(|_| {
+        format!("token_sha256 has a character that is not 0-9 or a-f; it must be the hex SHA-256 of the token; {hint}")
+    })?;
+    Ok(out)
+}
+
+/// Methods a route may name. A typo (`PSOT`) would silently never match, so unknown
+/// methods are refused rather than accepted as opaque tokens.
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "QUERY", "PROPFIND",
+    "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+];
+
+fn parse_method(s: &str) -> Result<String, String> {
+    let is_token = !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        });
+    if s == "*" {
+        return Err("`*` is not a method; remove `methods` to allow any method".to_owned());
+    }
+    if !is_token {
+        return Err(format!(
+            "method `{s}` is not an HTTP method token; write it like \"GET\" or \"POST\""
+        ));
+    }
+    let upper = s.to_ascii_uppercase();
+    if upper == "CONNECT" {
+        return Err("CONNECT opens the tunnel and is checked by `hosts` and `ports`; routes match the requests inside it, so remove it".to_owned());
+    }
+    if !KNOWN_METHODS.contains(&upper.as_str()) {
+        return Err(format!(
+            "unknown method `{s}`; use one of {}",
+            KNOWN_METHODS.join(", ")
+        ));
+    }
+    Ok(upper)
+}
+
+/// A CIDR (`127.0.0.0/8`) or a bare IP (a /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    Err(format!(
+        "`{s}` is not a network; write a CIDR such as \"127.0.0.0/8\" or \"fd00::/8\", or a single IP"
+    ))
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("`{s}` is not a bind address; write IP:PORT, as in \"127.0.0.1:8080\" or \"[::1]:8080\"")
+    })
+}
+
+/// `"500ms"`, `"10s"`, `"5m"`, `"2h"`, `"7d"`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a duration; write a whole number and a unit, as in \"500ms\", \"10s\", \"5m\", \"2h\" or \"7d\""
+        )
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = s.split_at(split);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration `{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_accepts_each_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn duration_rejects_missing_unit_sign_space_and_overflow() {
+        for bad in ["10", "s", "", "-1s", "1.5s", "10 s", "10sec", "99999999999999999999d", "18446744073709551615d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn line_col_counts_characters_not_bytes() {
+        let text = "a = \"é\"\nb = 1";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, text.find('b').unwrap_or(0)), (2, 1));
+        // The closing quote after a two-byte character is column 7.
+        assert_eq!(line_col(text, 7), (1, 7));
+    }
+
+    #[test]
+    fn method_is_uppercased_and_typos_are_refused() {
+        assert_eq!(parse_method("post"), Ok("POST".to_owned()));
+        assert!(parse_method("PSOT").is_err());
+        assert!(parse_method("GE T").is_err());
+        assert!(parse_method("*").is_err());
+        assert!(parse_method("CONNECT").is_err());
+    }
+}

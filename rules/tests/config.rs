@@ -1,0 +1,348 @@
+//! Config parsing: one fixture per validation rule, all-errors-at-once, the embedded
+//! default, and a complete valid file.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_rules::{
+    parse_config, Action, Host, ListenerAuth, ListenerMode, Mode, PathPattern, ResolveEntry,
+    EMBEDDED_DEFAULT,
+};
+
+fn fixture(dir: &str, name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+        .join(format!("{name}.toml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// (fixture in tests/fixtures/invalid, expected line, expected message fragment).
+/// Each fixture is otherwise valid, so it must produce exactly this one error.
+const INVALID: &[(&str, usize, &str)] = &[
+    ("version_missing", 1, "missing `version = 1`"),
+    ("version_unsupported", 2, "unsupported version 2"),
+    ("toml_syntax_error", 13, "invalid basic string"),
+    ("unknown_field", 16, "unknown field `hots`"),
+    ("wrong_type", 14, "invalid type"),
+    ("bad_id", 13, "agent id `bad:bot` is not valid"),
+    ("duplicate_tenant_id", 13, "duplicate tenant id `acme` (first declared on line 5)"),
+    ("duplicate_agent_id", 13, "duplicate agent id `bot`"),
+    ("duplicate_route_id", 18, "duplicate route id `r1`"),
+    ("agent_unknown_tenant", 14, "unknown tenant `acne`"),
+    ("agent_missing_tenant", 12, "agent needs a `tenant`"),
+    ("agent_bad_token_hash", 15, "token_sha256 must be 64 hex characters"),
+    ("agent_token_hash_not_hex", 15, "not 0-9 or a-f"),
+    ("route_unknown_tenant", 14, "unknown tenant `acne`"),
+    ("route_unknown_agent", 14, "unknown agent `bott`"),
+    ("route_tenants_and_agents", 14, "not both"),
+    ("route_empty_tenants", 14, "`tenants = []` names no tenant"),
+    ("route_missing_id", 12, "route needs an `id`"),
+    ("route_no_hosts", 12, "route has no `hosts`"),
+    ("route_empty_hosts", 14, "empty `hosts` list"),
+    ("host_middle_wildcard", 16, "only allowed as a leading `*.`"),
+    ("host_partial_wildcard", 14, "not a whole leading label"),
+    ("host_double_wildcard", 14, "more than one `*`"),
+    ("host_bare_wildcard", 14, "a bare `*` would match every host"),
+    ("host_non_ascii", 14, "punycode (xn--"),
+    ("host_with_port", 14, "includes a port; write the host alone"),
+    ("host_url", 14, "looks like a URL"),
+    ("host_bad_ip_literal", 14, "looks like an IP address but is not a valid one"),
+    ("host_invalid_char", 14, "not allowed in a host name"),
+    ("host_label_too_long", 14, "maximum is 63"),
+    ("port_zero", 15, "port 0 is out of range"),
+    ("port_out_of_range", 15, "port 70000 is out of range"),
+    ("route_empty_ports", 15, "empty `ports` list"),
+    ("method_unknown", 15, "unknown method `PSOT`"),
+    ("method_not_token", 15, "not an HTTP method token"),
+    ("method_star", 15, "remove `methods` to allow any method"),
+    ("route_empty_methods", 15, "empty `methods` list"),
+    ("path_no_leading_slash", 15, "must start with `/`"),
+    ("path_middle_star", 15, "only a trailing `*` is allowed"),
+    ("path_with_query", 15, "drop everything from `?`"),
+    ("path_dot_segment", 15, "write the normalized path"),
+    ("route_empty_paths", 15, "empty `paths` list"),
+    ("action_missing", 12, "route needs an `action`"),
+    ("action_unsupported", 15, "action \"narrow\" is not supported yet"),
+    ("action_unknown", 15, "unknown action \"permit\""),
+    ("route_key_not_supported", 16, "`models` is not supported yet"),
+    ("mode_unknown", 16, "unknown mode \"splice\""),
+    ("passthrough_with_methods", 17, "passthrough route cannot enforce `methods`"),
+    ("passthrough_with_paths", 17, "passthrough route cannot enforce `paths`"),
+    ("allow_private_bad_cidr", 16, "is not a network"),
+    ("duration_bad", 13, "is not a duration"),
+    ("duration_number", 13, "durations are strings with a unit"),
+    ("duration_zero", 13, "is zero"),
+    ("limit_not_positive", 13, "use a positive number"),
+    ("ca_cache_capacity_negative", 13, "use a positive number"),
+    ("empty_path_setting", 13, "the path is empty"),
+    ("resolve_bad", 13, "is not IP:PORT"),
+    ("resolve_missing_parts", 13, "write HOST:PORT:ADDR:PORT"),
+    ("admin_bind_bad", 13, "is not a bind address"),
+    ("listener_bind_bad", 14, "is not a bind address"),
+    ("listener_missing_bind", 12, "listener needs a `bind`"),
+    ("listener_duplicate_name", 17, "duplicate listener name `forward`"),
+    ("listener_duplicate_bind", 18, "duplicate listener bind 127.0.0.1:8080"),
+    ("listener_bind_is_admin_bind", 17, "is also the admin bind"),
+    ("listener_mode_unsupported", 15, "listener mode \"transparent\" is not supported yet"),
+    ("listener_mode_unknown", 15, "unknown listener mode \"reverse\""),
+    ("listeners_empty", 3, "`listeners` is empty"),
+    ("auth_unknown", 15, "unknown auth \"bearer\""),
+    ("auth_none_without_agent", 15, "needs `agent = "),
+    ("auth_none_unknown_agent", 16, "unknown agent `ghost`"),
+    ("auth_none_non_loopback", 15, "force_unauthenticated = true"),
+    ("auth_basic_with_agent", 16, "`agent` only applies to a listener with auth = \"none\""),
+];
+
+#[test]
+fn each_invalid_fixture_reports_its_one_error_at_the_offending_line() {
+    let mut failures = Vec::new();
+    for &(name, line, fragment) in INVALID {
+        let file = format!("{name}.toml");
+        let errors = match parse_config(&file, &fixture("invalid", name)) {
+            Ok(_) => {
+                failures.push(format!("{name}: parsed without error"));
+                continue;
+            }
+            Err(e) => e.errors,
+        };
+        let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        if errors.len() != 1 {
+            failures.push(format!("{name}: expected 1 error, got {rendered:#?}"));
+            continue;
+        }
+        let error = &errors[0];
+        if error.file != file || error.line != line || !error.message.contains(fragment) {
+            failures.push(format!(
+                "{name}: expected line {line} containing {fragment:?}, got {}",
+                rendered[0]
+            ));
+        }
+        if error.col == 0 {
+            failures.push(format!("{name}: columns are 1-based, got {}", rendered[0]));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_invalid_fixture_file_is_in_the_table() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir: {e}")) {
+        let path: PathBuf = entry.unwrap_or_else(|e| panic!("entry: {e}")).path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        if !INVALID.iter().any(|(name, _, _)| *name == stem) {
+            missing.push(stem);
+        }
+    }
+    assert!(missing.is_empty(), "fixtures without a table row: {missing:?}");
+}
+
+#[test]
+fn a_file_with_several_errors_reports_all_of_them_at_once_in_file_order() {
+    let text = fixture("invalid_multi", "several_errors");
+    let errors = parse_config("several_errors.toml", &text)
+        .err()
+        .unwrap_or_else(|| panic!("several_errors.toml must not parse"))
+        .errors;
+    let expected: &[(usize, &str)] = &[
+        (2, "unsupported version 3"),
+        (10, "token_sha256 must be 64 hex characters"),
+        (14, "unknown tenant `nope`"),
+        (15, "only allowed as a leading `*.`"),
+        (16, "port 0 is out of range"),
+        (17, "unknown method `FETCH`"),
+        (18, "must start with `/`"),
+        (19, "action \"approve\" is not supported yet"),
+        (22, "is not a duration"),
+        (26, "force_unauthenticated = true"),
+    ];
+    let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), expected.len(), "{rendered:#?}");
+    for (error, (line, fragment)) in errors.iter().zip(expected) {
+        assert_eq!(error.line, *line, "{rendered:#?}");
+        assert!(error.message.contains(fragment), "{rendered:#?}");
+    }
+}
+
+#[test]
+fn config_errors_display_one_file_line_col_message_per_line() {
+    let text = fixture("invalid_multi", "several_errors");
+    let shown = match parse_config("several_errors.toml", &text) {
+        Ok(_) => panic!("several_errors.toml must not parse"),
+        Err(e) => e.to_string(),
+    };
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 10, "{shown}");
+    assert!(lines[0].starts_with("several_errors.toml:2:11: "), "{shown}");
+    assert!(lines.iter().all(|l| l.starts_with("several_errors.toml:")), "{shown}");
+}
+
+#[test]
+fn embedded_default_parses_and_allows_model_providers_only() {
+    let config = parse_config("<embedded>", EMBEDDED_DEFAULT)
+        .unwrap_or_else(|e| panic!("embedded default must parse:\n{e}"));
+    assert_eq!(config.listeners.len(), 1);
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "forward");
+    assert_eq!(listener.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
+    assert_eq!(listener.mode, ListenerMode::Forward);
+    assert_eq!(listener.auth, ListenerAuth::None { agent: "local".to_owned() });
+    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)));
+    assert_eq!(config.ca.dir, PathBuf::from(".portcullis/ca"));
+    assert_eq!(config.ledger.dir, PathBuf::from(".portcullis/ledger"));
+
+    let policy = &config.policy;
+    assert!(policy.agent("local").is_some());
+    assert_eq!(policy.routes().len(), 1);
+    let route = &policy.routes()[0];
+    assert_eq!(route.id, "model-providers");
+    assert_eq!(route.action, Action::Allow);
+    assert_eq!(route.mode, Mode::Intercept);
+    assert!(route.websocket);
+    assert_eq!(route.ports, vec![443]);
+    assert_eq!(route.hosts.len(), 21);
+    for host in ["api.openai.com", "myres.openai.azure.com", "api.anthropic.com", "api.x.ai"] {
+        let host = Host::parse(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert!(route.matches_host(&host), "{host} should be allowed");
+    }
+    for host in ["example.com", "openai.azure.com", "evil.api.openai.com.attacker.net"] {
+        let host = Host::parse(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert!(!route.matches_host(&host), "{host} should not be allowed");
+    }
+}
+
+#[test]
+fn omitted_sections_take_their_documented_defaults() {
+    let config = parse_config("min.toml", "version = 1\n")
+        .unwrap_or_else(|e| panic!("minimal config must parse:\n{e}"));
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
+    assert_eq!(config.listeners[0].auth, ListenerAuth::Basic);
+    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)));
+    assert_eq!(config.ca.leaf_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.ca.cache_capacity, 10_000);
+    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(10));
+    assert_eq!(config.upstream.tls_timeout, Duration::from_secs(10));
+    assert_eq!(config.upstream.response_header_timeout, Duration::from_secs(60));
+    assert_eq!(config.upstream.idle_timeout, Duration::from_secs(90));
+    assert_eq!(config.limits.client_header_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.max_header_bytes, 64 * 1024);
+    assert_eq!(config.limits.max_inspect_body, 8 * 1024 * 1024);
+    assert_eq!(config.limits.max_connections, 10_000);
+    assert_eq!(config.limits.shutdown_grace, Duration::from_secs(30));
+    assert!(config.policy.routes().is_empty());
+}
+
+#[test]
+fn full_config_parses_every_field_into_its_typed_value() {
+    let text = fixture("valid", "full");
+    let config = parse_config("full.toml", &text).unwrap_or_else(|e| panic!("full.toml:\n{e}"));
+
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[1].name, "sidecar");
+    assert_eq!(config.listeners[1].bind, "0.0.0.0:8082".parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(config.listeners[1].auth, ListenerAuth::None { agent: "sidecar-bot".to_owned() });
+    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9911)));
+    assert_eq!(config.ca.dir, PathBuf::from("/var/lib/portcullis/ca"));
+    assert_eq!(config.ca.leaf_ttl, Duration::from_secs(2 * 3600));
+    assert_eq!(config.ca.cache_capacity, 500);
+    assert_eq!(config.ledger.dir, PathBuf::from("/var/lib/portcullis/ledger"));
+    assert_eq!(config.upstream.extra_ca, vec![PathBuf::from("tests/origin-ca.pem")]);
+    assert_eq!(
+        config.upstream.resolve,
+        vec![
+            ResolveEntry {
+                host: Host::Name("api.openai.com".to_owned()),
+                port: 443,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 4443)),
+            },
+            ResolveEntry {
+                host: Host::Name("api.anthropic.com".to_owned()),
+                port: 443,
+                addr: "[::1]:4444".parse().unwrap_or_else(|e| panic!("{e}")),
+            },
+        ]
+    );
+    assert_eq!(config.upstream.connect_timeout, Duration::from_millis(1500));
+    assert_eq!(config.upstream.idle_timeout, Duration::from_secs(5 * 60));
+    assert_eq!(config.limits.max_header_bytes, 32_768);
+    assert_eq!(config.limits.max_inspect_body, 1_048_576);
+    assert_eq!(config.limits.shutdown_grace, Duration::ZERO);
+
+    let policy = &config.policy;
+    assert_eq!(policy.tenants(), ["acme", "globex"]);
+    assert_eq!(policy.agents().len(), 3);
+    assert_eq!(policy.hash_hex().len(), 64);
+    let ids: Vec<&str> = policy.routes().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["acme-block-files", "acme-openai", "globex-internal", "sidecar-anthropic"]);
+
+    let deny = &policy.routes()[0];
+    assert_eq!(deny.action, Action::Deny);
+    assert_eq!(deny.ports, vec![443, 80], "deny routes cover plain HTTP by default");
+
+    let openai = &policy.routes()[1];
+    assert_eq!(openai.tenants, ["acme"]);
+    assert_eq!(openai.methods, ["POST", "GET"], "methods are uppercased");
+    assert_eq!(
+        openai.paths,
+        [
+            PathPattern::Exact("/v1/chat/completions".to_owned()),
+            PathPattern::Prefix("/v1/models/".to_owned()),
+        ]
+    );
+    assert!(openai.websocket);
+
+    let internal = &policy.routes()[2];
+    assert_eq!(internal.ports, vec![443, 80], "allow_plaintext adds port 80");
+    assert!(internal.allow_plaintext);
+    assert!(internal.allows_private(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
+    assert!(internal.allows_private(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))), "a bare IP is a /32");
+    assert!(!internal.allows_private(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 4))));
+    assert!(internal.allows_private("::ffff:127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"))));
+
+    let sidecar = &policy.routes()[3];
+    assert_eq!(sidecar.agents, ["sidecar-bot"]);
+    assert_eq!(sidecar.mode, Mode::Passthrough);
+    assert_eq!(sidecar.ports, vec![443, 8443]);
+}
+
+#[test]
+fn policy_hash_is_the_sha256_of_the_config_text() {
+    let config = parse_config("min.toml", "version = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    // sha256("version = 1\n")
+    assert_eq!(
+        config.policy.hash_hex(),
+        "dbab12665d98aef021ba64953c61b0ed8a908cfb56a1c01e2fcb4b052b71a2a1"
+    );
+}
+
+#[test]
+fn resolve_entry_parses_names_v4_and_bracketed_v6() {
+    let entry = ResolveEntry::parse("API.OpenAI.com:443:127.0.0.1:4443").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entry.host, Host::Name("api.openai.com".to_owned()));
+    assert_eq!(entry.port, 443);
+    assert_eq!(entry.addr, SocketAddr::from((Ipv4Addr::LOCALHOST, 4443)));
+    let entry = ResolveEntry::parse("example.com:8443:[::1]:9443").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entry.addr, "[::1]:9443".parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}")));
+}
+
+#[test]
+fn resolve_entry_rejects_missing_parts_names_as_addresses_and_bad_ports() {
+    for bad in [
+        "",
+        "api.openai.com",
+        "api.openai.com:443",
+        "api.openai.com:443:127.0.0.1",
+        "api.openai.com:0:127.0.0.1:4443",
+        "api.openai.com:443:127.0.0.1:0",
+        "api.openai.com:443:127.0.0.1:99999",
+        "api.openai.com:443:localhost:4443",
+        "api.openai.com:https:127.0.0.1:4443",
+        "api.openai.com:443:[::1:4443",
+    ] {
+        assert!(ResolveEntry::parse(bad).is_err(), "{bad:?} should be rejected");
+    }
+}
