@@ -242,8 +242,8 @@ pub struct RecoveryRecord {
 #[non_exhaustive]
 pub enum Entry {
     Header(SegmentHeader),
-    Decision(DecisionRecord),
-    Outcome(OutcomeRecord),
+    Decision(Box<DecisionRecord>),
+    Outcome(Box<OutcomeRecord>),
     Config(ConfigRecord),
     Checkpoint(CheckpointRecord),
     Recovery(RecoveryRecord),
@@ -397,8 +397,8 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
     })?;
     let entry = match kind {
         Kind::Segment => serde_json::from_slice(&body).map(Entry::Header),
-        Kind::Decision => serde_json::from_slice(&body).map(Entry::Decision),
-        Kind::Outcome => serde_json::from_slice(&body).map(Entry::Outcome),
+        Kind::Decision => serde_json::from_slice(&body).map(|r| Entry::Decision(Box::new(r))),
+        Kind::Outcome => serde_json::from_slice(&body).map(|r| Entry::Outcome(Box::new(r))),
         Kind::Config => serde_json::from_slice(&body).map(Entry::Config),
         Kind::Checkpoint => serde_json::from_slice(&body).map(Entry::Checkpoint),
         Kind::Recovery => serde_json::from_slice(&body).map(Entry::Recovery),

@@ -231,7 +231,10 @@ impl Ledger {
         self.ready()?;
         let (reply, rx) = oneshot::channel();
         // try_send, never send: an append must not wait for room in the queue.
-        match self.inner.tx.try_send(Cmd::Append { input, reply }) {
+        match self.inner.tx.try_send(Cmd::Append {
+            input: Box::new(input),
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.inner.shared.saturated.store(true, Ordering::SeqCst);

@@ -586,8 +586,7 @@ impl<'k> ChainScan<'k> {
                 "verifying a single segment: its link to the previous segment and checkpoints.log are not checked".into(),
             );
         } else {
-            let mut expected = 1;
-            for (index, _) in &segments {
+            for (expected, (index, _)) in (1..).zip(&segments) {
                 if *index != expected {
                     let missing = self.target.dir.join(format::segment_file_name(expected));
                     return Err(bad(
@@ -603,7 +602,6 @@ impl<'k> ChainScan<'k> {
                         ),
                     ));
                 }
-                expected += 1;
             }
         }
         let count = segments.len();

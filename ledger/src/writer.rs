@@ -39,6 +39,8 @@ pub(crate) struct Hooks {
     pub(crate) next_segment_path: Option<PathBuf>,
 }
 
+// Always boxed inside `Cmd`, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum RecordInput {
     Decision(DecisionFacts),
     Outcome(OutcomeFacts),
@@ -49,7 +51,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
 pub(crate) enum Cmd {
     Append {
-        input: RecordInput,
+        input: Box<RecordInput>,
         reply: Reply<Appended>,
     },
     Checkpoint {
@@ -238,88 +240,91 @@ impl WriterState {
             reject_all(batch, &reason);
             return;
         }
-        let mut appended = Vec::with_capacity(batch.len());
-        let mut checkpoint_waiters = Vec::new();
-        let mut shutdown_waiters = Vec::new();
-        let result = self.write_batch(batch, &mut appended, &mut checkpoint_waiters, &mut shutdown_waiters);
-        if let Err(err) = result {
-            let reason = self.fail(&err);
-            for (reply, _) in appended {
-                let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
+        // Replies are kept apart from the records, so that on failure none of them is
+        // dropped before the failure reason is published (a dropped reply reads as "gone").
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut append_replies = Vec::with_capacity(batch.len());
+        let mut checkpoint_replies = Vec::new();
+        let mut shutdown_replies = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Cmd::Append { input, reply } => {
+                    inputs.push(input);
+                    append_replies.push(reply);
+                }
+                Cmd::Checkpoint { reply } => checkpoint_replies.push(reply),
+                Cmd::Shutdown { reply } => shutdown_replies.push(reply),
             }
-            for reply in checkpoint_waiters {
-                let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
-            }
-            for reply in shutdown_waiters {
-                let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
-            }
-            return;
         }
+        let stopping = !shutdown_replies.is_empty();
+        let written = self.write_batch(inputs, !checkpoint_replies.is_empty(), stopping);
+        let done = match written {
+            Ok(done) => done,
+            Err(err) => {
+                let reason = self.fail(&err);
+                for reply in append_replies {
+                    let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
+                }
+                for reply in checkpoint_replies {
+                    let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
+                }
+                for reply in shutdown_replies {
+                    let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
+                }
+                return;
+            }
+        };
         // The records are durable per the sync mode: let the requests go.
         let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.last_batch_size.store(appended.len() as u64, Ordering::Relaxed);
-        stats.records.fetch_add(appended.len() as u64, Ordering::Relaxed);
-        for (reply, done) in appended {
-            let _ = reply.send(Ok(done));
+        stats.last_batch_size.store(done.len() as u64, Ordering::Relaxed);
+        stats.records.fetch_add(done.len() as u64, Ordering::Relaxed);
+        for (reply, appended) in append_replies.into_iter().zip(done) {
+            let _ = reply.send(Ok(appended));
         }
-        let after = self.copy_checkpoints().and_then(|()| {
-            if shutdown_waiters.is_empty() {
-                Ok(())
-            } else {
-                self.finish()
-            }
-        });
-        let after = after.map_err(|err| self.fail(&err));
-        for reply in checkpoint_waiters {
+        let after = self
+            .copy_checkpoints()
+            .and_then(|()| if stopping { self.finish() } else { Ok(()) })
+            .map_err(|err| self.fail(&err));
+        for reply in checkpoint_replies {
             let _ = reply.send(match &after {
                 Ok(()) => Ok(self.shared.head()),
                 Err(reason) => Err(LedgerError::Unhealthy(reason.clone())),
             });
         }
-        for reply in shutdown_waiters {
+        for reply in shutdown_replies {
             let _ = reply.send(after.clone().map_err(LedgerError::Unhealthy));
         }
     }
 
+    /// Buffer the records (rotating and checkpointing as due), then one write and, as the
+    /// sync mode asks, one `fdatasync`.
     fn write_batch(
         &mut self,
-        batch: Vec<Cmd>,
-        appended: &mut Vec<(Reply<Appended>, Appended)>,
-        checkpoint_waiters: &mut Vec<Reply<Option<CheckpointInfo>>>,
-        shutdown_waiters: &mut Vec<Reply<()>>,
-    ) -> Result<(), LedgerError> {
-        let mut force_checkpoint = false;
-        for cmd in batch {
-            match cmd {
-                Cmd::Append { input, reply } => {
-                    let wall = (self.clock)();
-                    self.rotate_if_due(wall)?;
-                    let done = self.push_input(input, wall)?;
-                    appended.push((reply, done));
-                    if self.since_checkpoint >= self.checkpoint_every {
-                        self.push_checkpoint(wall)?;
-                    }
-                }
-                Cmd::Checkpoint { reply } => {
-                    force_checkpoint = true;
-                    checkpoint_waiters.push(reply);
-                }
-                Cmd::Shutdown { reply } => shutdown_waiters.push(reply),
+        inputs: Vec<Box<RecordInput>>,
+        force_checkpoint: bool,
+        stopping: bool,
+    ) -> Result<Vec<Appended>, LedgerError> {
+        let mut done = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let wall = (self.clock)();
+            self.rotate_if_due(wall)?;
+            done.push(self.push_input(*input, wall)?);
+            if self.since_checkpoint >= self.checkpoint_every {
+                self.push_checkpoint(wall)?;
             }
         }
-        if self.since_checkpoint > 0
-            && (self.checkpoint_due() || force_checkpoint || !shutdown_waiters.is_empty())
-        {
+        if self.since_checkpoint > 0 && (self.checkpoint_due() || force_checkpoint || stopping) {
             self.push_checkpoint((self.clock)())?;
         }
         // Batch mode syncs on its timer, except that a checkpoint must be durable before it
         // is copied to checkpoints.log.
         let sync = self.sync == SyncMode::Always
             || !self.pending_checkpoints.is_empty()
-            || !shutdown_waiters.is_empty()
+            || stopping
             || self.sync_due();
-        self.flush(sync)
+        self.flush(sync)?;
+        Ok(done)
     }
 
     /// Timer work: a due checkpoint, or a due batch-mode sync.
@@ -878,5 +883,99 @@ async fn on_blocking_thread(
             shared.set_fatal(reason);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicI64;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{verify, Health, Ledger, VerifyOptions};
+
+    fn opts(root: &Path) -> LedgerOptions {
+        LedgerOptions {
+            dir: root.join("ledger"),
+            signing_key_path: root.join("ca").join("ledger-signing.key"),
+            checkpoint_interval: Duration::from_secs(3600),
+            ..LedgerOptions::default()
+        }
+    }
+
+    fn facts(i: u64) -> DecisionFacts {
+        DecisionFacts {
+            event_id: format!("{i:032x}"),
+            listener: "forward".into(),
+            dest_host: "api.openai.com".into(),
+            dest_port: 443,
+            decision: "allow".into(),
+            reason: "route_matched".into(),
+            policy_hash: "p".into(),
+            ..DecisionFacts::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_the_append_and_every_later_one() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let opts = LedgerOptions {
+            segment_max_bytes: 1, // the second record rotates into the "new segment"
+            ..opts(tmp.path())
+        };
+        let hooks = Hooks {
+            clock: None,
+            next_segment_path: Some(PathBuf::from("/dev/full")),
+        };
+        let ledger = Ledger::open_with(opts, hooks).await.expect("open");
+        ledger.append_decision(facts(1)).await.expect("first append fits");
+
+        let err = ledger.append_decision(facts(2)).await.expect_err("disk full");
+        let LedgerError::Unhealthy(reason) = &err else {
+            panic!("expected unhealthy, got {err}")
+        };
+        assert!(reason.contains("No space left"), "{reason}");
+        assert_eq!(ledger.health(), Health::Unhealthy(reason.clone()));
+        let again = ledger.append_decision(facts(3)).await.expect_err("stays closed");
+        assert!(matches!(again, LedgerError::Unhealthy(_)), "{again}");
+        assert!(ledger.shutdown().await.is_err(), "shutdown reports the failure too");
+    }
+
+    #[tokio::test]
+    async fn segments_rotate_when_the_utc_day_changes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let opts = opts(tmp.path());
+        let dir = opts.dir.clone();
+        let now = Arc::new(AtomicI64::new(1_700_000_000)); // 2023-11-14T22:13:20Z
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || {
+                OffsetDateTime::from_unix_timestamp(now.load(Ordering::SeqCst))
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            })
+        };
+        let hooks = Hooks {
+            clock: Some(clock),
+            next_segment_path: None,
+        };
+        let ledger = Ledger::open_with(opts, hooks).await.expect("open");
+        ledger.append_decision(facts(1)).await.expect("append");
+        ledger.append_decision(facts(2)).await.expect("append");
+        now.fetch_add(2 * 3600, Ordering::SeqCst); // past midnight UTC
+        let third = ledger.append_decision(facts(3)).await.expect("append");
+        ledger.shutdown().await.expect("shutdown");
+
+        let segments = format::list_segments(&dir).expect("list");
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        // Records of day 1 stay in segment 1 (its sealing checkpoint is signed on day 2).
+        let first = fs::read_to_string(&segments[0].1).expect("read");
+        let decisions: Vec<_> = first.lines().filter(|l| l.contains("\"kind\":\"decision\"")).collect();
+        assert_eq!(decisions.len(), 2);
+        assert!(decisions.iter().all(|l| l.contains("\"ts\":\"2023-11-14T")));
+        let second = fs::read_to_string(&segments[1].1).expect("read");
+        assert!(second.contains(&format!("\"seq\":{}", third.seq)));
+        assert!(fs::metadata(&segments[0].1).expect("meta").permissions().readonly());
+        let outcome = verify(&dir, &VerifyOptions::default()).expect("verify");
+        assert!(outcome.is_intact(), "{outcome}");
     }
 }

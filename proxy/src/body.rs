@@ -76,7 +76,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -110,7 +113,11 @@ impl<B: Body> Drop for Metered<B> {
     fn drop(&mut self) {
         if self.on_end.is_some() {
             // An empty body hyper never needed to poll still counts as complete.
-            let end = if self.inner.is_end_stream() { End::Complete } else { End::ClientAbort };
+            let end = if self.inner.is_end_stream() {
+                End::Complete
+            } else {
+                End::ClientAbort
+            };
             self.finish(end);
         }
     }

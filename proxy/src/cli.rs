@@ -144,14 +144,24 @@ fn load_config(path: Option<&Path>) -> Result<(Config, PathBuf), ExitCode> {
         Ok(c) => {
             let base = path
                 .parent()
-                .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    }
+                })
                 .map(|p| resolve_path(&cwd, p))
                 .unwrap_or(cwd);
             Ok((c, base))
         }
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("portcullis: {} error(s) in {}", e.errors.len(), path.display());
+            eprintln!(
+                "portcullis: {} error(s) in {}",
+                e.errors.len(),
+                path.display()
+            );
             Err(ExitCode::from(EXIT_BAD_CONFIG))
         }
     }
@@ -197,13 +207,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             None => anyhow::bail!("--listen given but the config has no listener"),
         }
     }
-    let auth: Vec<(String, ListenerAuth)> = cfg.listeners.iter().map(|l| (l.name.clone(), l.auth.clone())).collect();
+    let auth: Vec<(String, ListenerAuth)> = cfg
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.auth.clone()))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let proxy = start(Settings { config: cfg, base_dir: base }).await?;
+        let proxy = start(Settings {
+            config: cfg,
+            base_dir: base,
+        })
+        .await?;
         print_banner(&proxy, &auth);
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections; draining");
@@ -214,10 +232,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerAuth)]) {
-    let ca = std::fs::canonicalize(&proxy.ca_cert_path).unwrap_or_else(|_| proxy.ca_cert_path.clone());
+    let ca =
+        std::fs::canonicalize(&proxy.ca_cert_path).unwrap_or_else(|_| proxy.ca_cert_path.clone());
     let ca = ca.display();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "# Portcullis is running. Paste these lines into the agent's shell:");
+    let _ = writeln!(
+        out,
+        "# Portcullis is running. Paste these lines into the agent's shell:"
+    );
     if let Some((name, addr)) = proxy.listeners.first() {
         let creds = match auth.iter().find(|(n, _)| n == name).map(|(_, a)| a) {
             Some(ListenerAuth::None { .. }) => String::new(),
@@ -315,7 +337,9 @@ fn print_ca(ca: &CertificateAuthority, dir: &Path) {
 
 fn hash_token() -> Result<ExitCode> {
     let mut buf = Zeroizing::new(String::new());
-    std::io::stdin().read_to_string(&mut buf).context("reading the token from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .context("reading the token from stdin")?;
     let token = buf.trim_end_matches(['\r', '\n']);
     if token.is_empty() {
         eprintln!("portcullis: empty token on stdin (try: printf %s \"$TOKEN\" | portcullis agent hash-token)");

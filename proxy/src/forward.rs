@@ -82,7 +82,14 @@ async fn handle(
     }
     let snap = ctx.policy.load();
     let Some(who) = identify(&snap.policy, &info.auth, req.headers()) else {
-        pipeline::log_refusal(&event_id, None, &info.name, req.method(), "-", Reason::AuthFailed);
+        pipeline::log_refusal(
+            &event_id,
+            None,
+            &info.name,
+            req.method(),
+            "-",
+            Reason::AuthFailed,
+        );
         return Refusal::new(Reason::AuthFailed, event_id).into_response();
     };
 
@@ -97,7 +104,10 @@ async fn handle(
     } else {
         "this is a forward proxy: send CONNECT host:port or an absolute http:// URL"
     };
-    Refusal::new(Reason::BadRequest, event_id).detail(detail).close().into_response()
+    Refusal::new(Reason::BadRequest, event_id)
+        .detail(detail)
+        .close()
+        .into_response()
 }
 
 /// CONNECT: authenticate, pre-check the destination, answer 200 and hand the
@@ -111,7 +121,11 @@ fn connect(
     permit: Arc<OwnedSemaphorePermit>,
     req: &mut Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let authority = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     // CONNECT needs an explicit port (RFC 9110 §9.3.6).
     let (host, port) = match split_host_port(&authority, 0) {
         Ok((h, p)) if p != 0 => (h, p),
@@ -149,10 +163,20 @@ fn connect(
     let (route, pre_denial) = match verdict {
         Ok(route) => (Some(route), None),
         Err(decision) => {
-            pipeline::log_decision(&event_id, &who, &info.name, &target, &Method::CONNECT, "-", &decision);
+            pipeline::log_decision(
+                &event_id,
+                &who,
+                &info.name,
+                &target,
+                &Method::CONNECT,
+                "-",
+                &decision,
+            );
             if port != 443 {
                 // Not TLS we can speak for: refuse the tunnel itself.
-                return Refusal::new(decision.reason, event_id).close().into_response();
+                return Refusal::new(decision.reason, event_id)
+                    .close()
+                    .into_response();
             }
             // Answer inside TLS so the agent's SDK shows the reason (SPEC §4.3).
             (None, Some(decision))

@@ -247,28 +247,42 @@ impl<S> FramingGuard<S> {
                     }
                 }
                 State::Body(n) => {
-                    let take = (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let take =
+                        (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
                     self.out
                         .extend_from_slice(&self.inbuf[self.in_pos..self.in_pos + take]);
                     self.in_pos += take;
                     let left = n - take as u64;
-                    self.state = if left == 0 { State::Head } else { State::Body(left) };
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
                     if left == 0 {
                         self.start_line_scan();
                     }
                 }
                 State::ChunkData(n) => {
-                    let take = (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let take =
+                        (self.in_len - self.in_pos).min(usize::try_from(n).unwrap_or(usize::MAX));
                     self.out
                         .extend_from_slice(&self.inbuf[self.in_pos..self.in_pos + take]);
                     self.in_pos += take;
                     let left = n - take as u64;
-                    self.state = if left == 0 { State::ChunkDataCr } else { State::ChunkData(left) };
+                    self.state = if left == 0 {
+                        State::ChunkDataCr
+                    } else {
+                        State::ChunkData(left)
+                    };
                 }
                 State::ChunkDataCr | State::ChunkDataLf => {
                     let b = self.inbuf[self.in_pos];
                     self.in_pos += 1;
-                    let want = if self.state == State::ChunkDataCr { b'\r' } else { b'\n' };
+                    let want = if self.state == State::ChunkDataCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
                     if b != want {
                         return self.fail_body(Violation::BadChunk);
                     }
@@ -417,7 +431,8 @@ fn check_head(head: &[u8]) -> Result<State, Violation> {
             content_length = Some(parse_content_length(h.value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             te_count += 1;
-            let v = std::str::from_utf8(h.value).map_err(|_| Violation::UnsupportedTransferEncoding)?;
+            let v =
+                std::str::from_utf8(h.value).map_err(|_| Violation::UnsupportedTransferEncoding)?;
             if !v.trim().eq_ignore_ascii_case("chunked") {
                 return Err(Violation::UnsupportedTransferEncoding);
             }
@@ -464,12 +479,18 @@ fn parse_content_length(v: &[u8]) -> Result<u64, Violation> {
         return Err(Violation::BadContentLength);
     }
     v.iter()
-        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .ok_or(Violation::BadContentLength)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if this.out_pos < this.out.len() {
@@ -494,7 +515,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
                 }
                 State::Passthrough => {
-                    this.out.extend_from_slice(&this.inbuf[this.in_pos..this.in_len]);
+                    this.out
+                        .extend_from_slice(&this.inbuf[this.in_pos..this.in_len]);
                     this.in_pos = this.in_len;
                     continue;
                 }
@@ -519,7 +541,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -601,7 +627,10 @@ mod tests {
             let (out, failed) = run(input).await;
             let text = String::from_utf8_lossy(&out);
             assert!(!failed, "{code}");
-            assert!(text.starts_with("GET /portcullis-framing-error"), "{code}: {text}");
+            assert!(
+                text.starts_with("GET /portcullis-framing-error"),
+                "{code}: {text}"
+            );
             assert!(text.contains(&synthetic(code)), "{code}: {text}");
         }
     }
@@ -610,7 +639,9 @@ mod tests {
     async fn bad_second_head_keeps_first_request_intact() {
         let first = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut input = first.to_vec();
-        input.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nX");
+        input.extend_from_slice(
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nX",
+        );
         let (out, _) = run(&input).await;
         assert!(out.starts_with(first));
         assert!(String::from_utf8_lossy(&out[first.len()..]).contains("duplicate_content_length"));
@@ -630,7 +661,8 @@ mod tests {
         let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         let (_, failed) = run(input).await;
         assert!(failed);
-        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n";
+        let input =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n";
         let (_, failed) = run(input).await;
         assert!(failed);
         let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n";
@@ -660,6 +692,9 @@ mod tests {
         let mut out = Vec::new();
         g.read_to_end(&mut out).await.unwrap();
         writer.await.unwrap();
-        assert_eq!(out, b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec());
+        assert_eq!(
+            out,
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec()
+        );
     }
 }

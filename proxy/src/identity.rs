@@ -33,7 +33,11 @@ pub fn identify(policy: &Policy, auth: &ListenerAuth, headers: &HeaderMap) -> Op
             if !scheme.eq_ignore_ascii_case("basic") {
                 return None;
             }
-            let decoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?);
+            let decoded = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()?,
+            );
             let colon = decoded.iter().position(|b| *b == b':')?;
             let agent_id = std::str::from_utf8(&decoded[..colon]).ok()?;
             let token = &decoded[colon + 1..];

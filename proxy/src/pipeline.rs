@@ -86,7 +86,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The canonical decision log line: one per request, content-free.
-pub fn log_decision(event_id: &str, who: &Identity, listener: &str, target: &Target, method: &Method, path: &str, d: &Decision) {
+pub fn log_decision(
+    event_id: &str,
+    who: &Identity,
+    listener: &str,
+    target: &Target,
+    method: &Method,
+    path: &str,
+    d: &Decision,
+) {
     tracing::info!(
         target: "portcullis::decision",
         event_id,
@@ -103,7 +111,14 @@ pub fn log_decision(event_id: &str, who: &Identity, listener: &str, target: &Tar
     );
 }
 
-pub fn log_refusal(event_id: &str, who: Option<&Identity>, listener: &str, method: &Method, host: &str, reason: Reason) {
+pub fn log_refusal(
+    event_id: &str,
+    who: Option<&Identity>,
+    listener: &str,
+    method: &Method,
+    host: &str,
+    reason: Reason,
+) {
     tracing::info!(
         target: "portcullis::decision",
         event_id,
@@ -118,7 +133,13 @@ pub fn log_refusal(event_id: &str, who: Option<&Identity>, listener: &str, metho
 
 /// A request inside an intercepted tunnel. `nonce` is set for HTTP/1 (the
 /// framing guard's secret), `None` for HTTP/2.
-pub async fn tunneled(ctx: Arc<Ctx>, tun: Arc<Tunnel>, nonce: Option<String>, h2: bool, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn tunneled(
+    ctx: Arc<Ctx>,
+    tun: Arc<Tunnel>,
+    nonce: Option<String>,
+    h2: bool,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let event_id = new_event_id();
     // 5.2 Framing first: a bad head never reaches policy.
     if let Some(n) = &nonce {
@@ -134,14 +155,33 @@ pub async fn tunneled(ctx: Arc<Ctx>, tun: Arc<Tunnel>, nonce: Option<String>, h2
     let path = req.uri().path().to_owned();
     // A CONNECT-time denial is answered here, inside TLS, so the SDK shows it.
     if let Some(d) = &tun.pre_denial {
-        log_decision(&event_id, &tun.who, &tun.listener, &tun.target, req.method(), &path, d);
+        log_decision(
+            &event_id,
+            &tun.who,
+            &tun.listener,
+            &tun.target,
+            req.method(),
+            &path,
+            d,
+        );
         return Refusal::new(d.reason, event_id).into_response();
     }
     // 5.1 Host binding: stops domain fronting through an allowed tunnel.
     if let Err(detail) = check_authority(&req, &tun.target, h2) {
         let d = Decision::deny(Reason::HostMismatch);
-        log_decision(&event_id, &tun.who, &tun.listener, &tun.target, req.method(), &path, &d);
-        return Refusal::new(Reason::HostMismatch, event_id).detail(detail).close().into_response();
+        log_decision(
+            &event_id,
+            &tun.who,
+            &tun.listener,
+            &tun.target,
+            req.method(),
+            &path,
+            &d,
+        );
+        return Refusal::new(Reason::HostMismatch, event_id)
+            .detail(detail)
+            .close()
+            .into_response();
     }
     if req.method() == Method::CONNECT {
         return Refusal::new(Reason::BadRequest, event_id)
@@ -149,12 +189,31 @@ pub async fn tunneled(ctx: Arc<Ctx>, tun: Arc<Tunnel>, nonce: Option<String>, h2
             .close()
             .into_response();
     }
-    decide_and_forward(ctx, &tun.who, &tun.listener, tun.target.clone(), event_id, req, !h2).await
+    decide_and_forward(
+        ctx,
+        &tun.who,
+        &tun.listener,
+        tun.target.clone(),
+        event_id,
+        req,
+        !h2,
+    )
+    .await
 }
 
 /// An absolute-form `http://` request on the proxy connection (SPEC §3 step 8).
-pub async fn plaintext(ctx: Arc<Ctx>, listener: &str, who: Identity, event_id: String, req: Request<Incoming>) -> Response<ProxyBody> {
-    let authority = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+pub async fn plaintext(
+    ctx: Arc<Ctx>,
+    listener: &str,
+    who: Identity,
+    event_id: String,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let (host, port) = match split_host_port(&authority, 80) {
         Ok(x) => x,
         Err(e) => {
@@ -164,11 +223,26 @@ pub async fn plaintext(ctx: Arc<Ctx>, listener: &str, who: Identity, event_id: S
                 .into_response()
         }
     };
-    let target = Target { host, port, tls: false };
+    let target = Target {
+        host,
+        port,
+        tls: false,
+    };
     if let Err(detail) = check_authority(&req, &target, false) {
         let d = Decision::deny(Reason::HostMismatch);
-        log_decision(&event_id, &who, listener, &target, req.method(), req.uri().path(), &d);
-        return Refusal::new(Reason::HostMismatch, event_id).detail(detail).close().into_response();
+        log_decision(
+            &event_id,
+            &who,
+            listener,
+            &target,
+            req.method(),
+            req.uri().path(),
+            &d,
+        );
+        return Refusal::new(Reason::HostMismatch, event_id)
+            .detail(detail)
+            .close()
+            .into_response();
     }
     decide_and_forward(ctx, &who, listener, target, event_id, req, true).await
 }
@@ -179,7 +253,10 @@ fn check_authority<B>(req: &Request<B>, target: &Target, h2: bool) -> Result<(),
     let matches = |s: &str| -> Result<(), String> {
         match split_host_port(s, default) {
             Ok((h, p)) if h == target.host && p == target.port => Ok(()),
-            Ok((h, p)) => Err(format!("request names {h}:{p} but the connection is for {}:{}", target.host, target.port)),
+            Ok((h, p)) => Err(format!(
+                "request names {h}:{p} but the connection is for {}:{}",
+                target.host, target.port
+            )),
             Err(e) => Err(format!("bad Host: {e}")),
         }
     };
@@ -194,7 +271,12 @@ fn check_authority<B>(req: &Request<B>, target: &Target, h2: bool) -> Result<(),
         seen = true;
     }
     if !seen {
-        return Err(if h2 { "missing :authority" } else { "missing Host header" }.into());
+        return Err(if h2 {
+            "missing :authority"
+        } else {
+            "missing Host header"
+        }
+        .into());
     }
     Ok(())
 }
@@ -246,7 +328,15 @@ async fn decide_and_forward(
             },
         ),
     };
-    log_decision(&event_id, who, listener, &target, req.method(), &path, &decision);
+    log_decision(
+        &event_id,
+        who,
+        listener,
+        &target,
+        req.method(),
+        &path,
+        &decision,
+    );
     let route = match (&decision.route, decision.is_allow()) {
         (Some(r), true) => r.clone(),
         _ => {
@@ -267,7 +357,17 @@ async fn decide_and_forward(
     }
     // 5.6 Audit before act: the ledger append goes here.
     // 5.7 Act.
-    forward(ctx, who, snap.generation, route, target, event_id, req, websocket).await
+    forward(
+        ctx,
+        who,
+        snap.generation,
+        route,
+        target,
+        event_id,
+        req,
+        websocket,
+    )
+    .await
 }
 
 /// Hop-by-hop headers never cross the proxy (RFC 9110 §7.6.1), and neither do
@@ -317,11 +417,19 @@ async fn forward(
     let started = tokio::time::Instant::now();
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let scheme = if target.tls { "https" } else { "http" };
     let uri: Uri = match format!("{scheme}://{}{pq}", target.authority()).parse() {
         Ok(u) => u,
-        Err(_) => return Refusal::new(Reason::BadRequest, event_id).detail("bad request target").into_response(),
+        Err(_) => {
+            return Refusal::new(Reason::BadRequest, event_id)
+                .detail("bad request target")
+                .into_response()
+        }
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -329,11 +437,16 @@ async fn forward(
     // hyper sets Host / :authority from the URI, which we just validated.
     parts.headers.remove(HOST);
     if websocket {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let up_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-    let client = ctx.upstream.client(&who.tenant, &route, generation, websocket);
-    let result = tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
+    let client = ctx
+        .upstream
+        .client(&who.tenant, &route, generation, websocket);
+    let result =
+        tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
     let mut resp = match result {
         Err(_) => {
             return Refusal::new(Reason::UpstreamTimeout, event_id)
@@ -357,8 +470,12 @@ async fn forward(
                     let mut c = hyper_util::rt::TokioIo::new(c);
                     let mut u = hyper_util::rt::TokioIo::new(u);
                     match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "websocket closed"),
-                        Err(e) => tracing::debug!(error = %e, "websocket relay ended with an error"),
+                        Ok((up, down)) => {
+                            tracing::info!(bytes_up = up, bytes_down = down, "websocket closed")
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "websocket relay ended with an error")
+                        }
                     }
                 },
                 span,
@@ -387,7 +504,8 @@ async fn forward(
     let mut out = Response::from_parts(parts, metered.boxed_unsync());
     if websocket {
         // The upstream refused the upgrade; the client must not reuse the connection.
-        out.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        out.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     out
 }
@@ -414,13 +532,18 @@ fn scrub_response_headers(headers: &mut HeaderMap, upgrade: bool, event_id: &str
 fn upstream_refusal(e: &hyper_util::client::legacy::Error, event_id: String) -> Refusal {
     let Some(ce) = find_connect_error(e) else {
         tracing::warn!(error = %e, "upstream request failed");
-        return Refusal::new(Reason::UpstreamError, event_id).detail("the upstream connection failed");
+        return Refusal::new(Reason::UpstreamError, event_id)
+            .detail("the upstream connection failed");
     };
     tracing::warn!(error = %ce, "upstream connect failed");
     let (reason, detail) = match ce {
-        ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => (Reason::SsrfBlocked, ce.to_string()),
+        ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => {
+            (Reason::SsrfBlocked, ce.to_string())
+        }
         ConnectError::Resolve { .. } => (Reason::ResolveFailed, ce.to_string()),
-        ConnectError::ConnectTimeout { .. } | ConnectError::TlsTimeout { .. } => (Reason::UpstreamTimeout, ce.to_string()),
+        ConnectError::ConnectTimeout { .. } | ConnectError::TlsTimeout { .. } => {
+            (Reason::UpstreamTimeout, ce.to_string())
+        }
         ConnectError::Tls { .. } => (Reason::UpstreamTls, ce.to_string()),
         ConnectError::Connect { .. } => (Reason::UpstreamConnect, ce.to_string()),
         _ => (Reason::UpstreamError, ce.to_string()),
@@ -457,15 +580,26 @@ mod tests {
         assert!(check_authority(&req(Some("api.openai.com:8443"), "/v1"), &t, false).is_err());
         assert!(check_authority(&req(None, "/v1"), &t, false).is_err());
         assert!(check_authority(&req(None, "https://api.openai.com/v1"), &t, true).is_ok());
-        assert!(check_authority(&req(Some("api.openai.com"), "https://evil.example/v1"), &t, false).is_err());
+        assert!(check_authority(
+            &req(Some("api.openai.com"), "https://evil.example/v1"),
+            &t,
+            false
+        )
+        .is_err());
     }
 
     #[test]
     fn hop_by_hop_and_proxy_credentials_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("proxy-authorization", HeaderValue::from_static("Basic Zm9vOmJhcg=="));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("authorization", HeaderValue::from_static("Bearer k"));
         strip_hop_by_hop(&mut h, false);

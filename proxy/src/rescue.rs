@@ -5,7 +5,9 @@
 //! body is OpenAI-shaped so SDKs put our reason into their exception message.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, RETRY_AFTER};
+use http::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, RETRY_AFTER,
+};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use portcullis_rules::Reason;
@@ -82,7 +84,11 @@ impl Refusal {
         });
         let mut bytes = body.to_string().into_bytes();
         bytes.push(b'\n');
-        let mut resp = Response::new(Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed_unsync());
+        let mut resp = Response::new(
+            Full::new(Bytes::from(bytes))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -93,7 +99,10 @@ impl Refusal {
             h.insert(HDR_EVENT_ID, v);
         }
         if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-            h.insert(PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+            h.insert(
+                PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis\""),
+            );
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -112,9 +121,10 @@ pub fn status_for(reason: Reason) -> StatusCode {
         Reason::HostMismatch => StatusCode::MISDIRECTED_REQUEST,
         Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Reason::BadFraming | Reason::BadRequest => StatusCode::BAD_REQUEST,
-        Reason::UpstreamConnect | Reason::UpstreamTls | Reason::UpstreamError | Reason::ResolveFailed => {
-            StatusCode::BAD_GATEWAY
-        }
+        Reason::UpstreamConnect
+        | Reason::UpstreamTls
+        | Reason::UpstreamError
+        | Reason::ResolveFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         Reason::LedgerUnavailable | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::FORBIDDEN,
@@ -147,7 +157,10 @@ mod tests {
         assert_eq!(v["error"]["type"], "portcullis_denied");
         assert_eq!(v["error"]["code"], "no_route");
         assert_eq!(v["error"]["event_id"], "ev1");
-        assert!(v["error"]["message"].as_str().unwrap().starts_with("Portcullis [no_route]: "));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Portcullis [no_route]: "));
     }
 
     #[test]

@@ -48,12 +48,18 @@ pub struct PolicyHolder {
 impl PolicyHolder {
     pub fn new(policy: Arc<Policy>) -> Self {
         PolicyHolder {
-            current: RwLock::new(Arc::new(PolicySnapshot { policy, generation: 1 })),
+            current: RwLock::new(Arc::new(PolicySnapshot {
+                policy,
+                generation: 1,
+            })),
         }
     }
 
     pub fn load(&self) -> Arc<PolicySnapshot> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -104,7 +110,10 @@ pub struct RunningProxy {
 
 impl RunningProxy {
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// Stops accepting, lets in-flight work finish (up to the grace period),
@@ -112,10 +121,13 @@ impl RunningProxy {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
         while self.tasks.join_next().await.is_some() {}
-        let drained = tokio::time::timeout(self.grace, self.conns.acquire_many(self.max_conns)).await;
+        let drained =
+            tokio::time::timeout(self.grace, self.conns.acquire_many(self.max_conns)).await;
         match drained {
             Ok(_) => tracing::info!("drained all connections"),
-            Err(_) => tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections"),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections")
+            }
         }
     }
 }
@@ -147,11 +159,13 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
 
     let mut bound = Vec::new();
     for l in &cfg.listeners {
-        let listener = TcpListener::bind(l.bind).await.map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.bind,
-            source,
-        })?;
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             name: l.name.clone(),
             addr: l.bind,
@@ -160,7 +174,12 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         bound.push((l, listener, addr));
     }
 
-    let extra_ca: Vec<PathBuf> = cfg.upstream.extra_ca.iter().map(|p| resolve_path(&base, p)).collect();
+    let extra_ca: Vec<PathBuf> = cfg
+        .upstream
+        .extra_ca
+        .iter()
+        .map(|p| resolve_path(&base, p))
+        .collect();
     let upstream = Upstream::new(UpstreamOptions {
         extra_ca: &extra_ca,
         resolve: &cfg.upstream.resolve,
@@ -172,7 +191,8 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     })?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| StartError::Tls(e.to_string()))?;
+    let ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| StartError::Tls(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         policy: PolicyHolder::new(cfg.policy.clone()),
@@ -215,7 +235,12 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     })
 }
 
-async fn accept_loop(ctx: Arc<Ctx>, info: Arc<ListenerInfo>, listener: TcpListener, conns: Arc<Semaphore>) {
+async fn accept_loop(
+    ctx: Arc<Ctx>,
+    info: Arc<ListenerInfo>,
+    listener: TcpListener,
+    conns: Arc<Semaphore>,
+) {
     let mut shutdown = ctx.shutdown.clone();
     let mut next_id: u64 = 0;
     loop {
@@ -239,7 +264,14 @@ async fn accept_loop(ctx: Arc<Ctx>, info: Arc<ListenerInfo>, listener: TcpListen
         let _ = tcp.set_nodelay(true);
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer, listener = %info.name);
-        tokio::spawn(crate::forward::serve(ctx.clone(), info.clone(), tcp, peer, permit, span));
+        tokio::spawn(crate::forward::serve(
+            ctx.clone(),
+            info.clone(),
+            tcp,
+            peer,
+            permit,
+            span,
+        ));
     }
     tracing::info!(listener = %info.name, "stopped accepting");
 }

@@ -63,7 +63,9 @@ pub async fn intercept(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
                 return;
             }
         },
-        None => tracing::info!(host = %tun.target.host, "client sent no SNI; using the CONNECT host"),
+        None => {
+            tracing::info!(host = %tun.target.host, "client sent no SNI; using the CONNECT host")
+        }
     }
     let leaf = match ctx.certs.get(&tun.target.host.to_string()).await {
         Ok(k) => k,
@@ -116,7 +118,9 @@ pub async fn intercept(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
             let ctx = svc_ctx.clone();
             let tun = svc_tun.clone();
             let nonce = nonce.clone();
-            async move { Ok::<_, Infallible>(pipeline::tunneled(ctx, tun, Some(nonce), false, req).await) }
+            async move {
+                Ok::<_, Infallible>(pipeline::tunneled(ctx, tun, Some(nonce), false, req).await)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -135,7 +139,9 @@ pub async fn intercept(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
 }
 
 fn server_config(ctx: &Ctx, leaf: Arc<CertifiedKey>) -> Option<Arc<ServerConfig>> {
-    let builder = match ServerConfig::builder_with_provider(ctx.provider.clone()).with_safe_default_protocol_versions() {
+    let builder = match ServerConfig::builder_with_provider(ctx.provider.clone())
+        .with_safe_default_protocol_versions()
+    {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "TLS server configuration failed");
@@ -173,17 +179,20 @@ const MAX_HELLO: usize = 64 * 1024;
 /// then splice raw bytes to the origin (replaying the hello).
 pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
     let mut client = TokioIo::new(upgraded);
-    let hello = match tokio::time::timeout(ctx.limits.handshake_timeout, read_client_hello(&mut client)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            tracing::info!(error = %e, "passthrough: no usable ClientHello; closing");
-            return;
-        }
-        Err(_) => {
-            tracing::info!("passthrough: ClientHello timed out");
-            return;
-        }
-    };
+    let hello =
+        match tokio::time::timeout(ctx.limits.handshake_timeout, read_client_hello(&mut client))
+            .await
+        {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "passthrough: no usable ClientHello; closing");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("passthrough: ClientHello timed out");
+                return;
+            }
+        };
     match hello.sni.as_deref().map(Host::parse) {
         Some(Ok(h)) if h == tun.target.host => {}
         Some(_) => {
@@ -195,8 +204,14 @@ pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
             return;
         }
     }
-    let Some(route) = tun.route.clone() else { return };
-    let mut origin = match ctx.upstream.dial(&tun.target.host, tun.target.port, &route).await {
+    let Some(route) = tun.route.clone() else {
+        return;
+    };
+    let mut origin = match ctx
+        .upstream
+        .dial(&tun.target.host, tun.target.port, &route)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "passthrough: cannot reach origin");
@@ -207,7 +222,11 @@ pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
         return;
     }
     match tokio::io::copy_bidirectional(&mut client, &mut origin).await {
-        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "passthrough tunnel closed"),
+        Ok((up, down)) => tracing::info!(
+            bytes_up = up,
+            bytes_down = down,
+            "passthrough tunnel closed"
+        ),
         Err(e) => tracing::debug!(error = %e, "passthrough tunnel ended with an error"),
     }
 }
@@ -224,12 +243,18 @@ async fn read_client_hello<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<H
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before ClientHello"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before ClientHello",
+            ));
         }
         let chunk = &buf[..n];
         bytes.extend_from_slice(chunk);
         if bytes.len() > MAX_HELLO {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello too large"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "ClientHello too large",
+            ));
         }
         let mut rd: &[u8] = chunk;
         while !rd.is_empty() {
@@ -241,7 +266,12 @@ async fn read_client_hello<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<H
                 return Ok(Hello { bytes, sni });
             }
             Ok(None) => continue,
-            Err((e, _alert)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+            Err((e, _alert)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            }
         }
     }
 }

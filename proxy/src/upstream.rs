@@ -161,7 +161,13 @@ impl Upstream {
 
     /// The pooled client for this tenant and route. `h1_only` is for
     /// WebSocket upgrades, which need HTTP/1.1 end to end.
-    pub fn client(&self, tenant: &str, route: &Arc<Route>, generation: u64, h1_only: bool) -> Client<Connector, ProxyBody> {
+    pub fn client(
+        &self,
+        tenant: &str,
+        route: &Arc<Route>,
+        generation: u64,
+        h1_only: bool,
+    ) -> Client<Connector, ProxyBody> {
         let key = PoolKey {
             tenant: tenant.to_owned(),
             route: route.id.clone(),
@@ -189,13 +195,23 @@ impl Upstream {
     }
 
     /// Resolve, check and connect a raw TCP stream (passthrough routes).
-    pub async fn dial(&self, host: &Host, port: u16, route: &Route) -> Result<TcpStream, ConnectError> {
+    pub async fn dial(
+        &self,
+        host: &Host,
+        port: u16,
+        route: &Route,
+    ) -> Result<TcpStream, ConnectError> {
         dial(&self.shared, host, port, route).await
     }
 }
 
 /// Resolves `host:port` to addresses that passed the SSRF table.
-async fn resolve_checked(shared: &Shared, host: &Host, port: u16, route: &Route) -> Result<Vec<SocketAddr>, ConnectError> {
+async fn resolve_checked(
+    shared: &Shared,
+    host: &Host,
+    port: u16,
+    route: &Route,
+) -> Result<Vec<SocketAddr>, ConnectError> {
     if let Some(addr) = shared.resolve.get(&(host.clone(), port)) {
         // Operator-pinned: the explicit opt-in, trusted as written.
         return check_own(shared, vec![*addr]);
@@ -231,7 +247,10 @@ async fn resolve_checked(shared: &Shared, host: &Host, port: u16, route: &Route)
     for a in &addrs {
         if let Some(class) = classify_ip(a.ip()) {
             if !route.allows_private(a.ip()) {
-                return Err(ConnectError::Ssrf { addr: a.ip(), class });
+                return Err(ConnectError::Ssrf {
+                    addr: a.ip(),
+                    class,
+                });
             }
         }
     }
@@ -251,7 +270,12 @@ fn check_own(shared: &Shared, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>,
     Ok(addrs)
 }
 
-async fn dial(shared: &Shared, host: &Host, port: u16, route: &Route) -> Result<TcpStream, ConnectError> {
+async fn dial(
+    shared: &Shared,
+    host: &Host,
+    port: u16,
+    route: &Route,
+) -> Result<TcpStream, ConnectError> {
     let addrs = resolve_checked(shared, host, port, route).await?;
     let mut last = None;
     for addr in addrs {
@@ -267,7 +291,9 @@ async fn dial(shared: &Shared, host: &Host, port: u16, route: &Route) -> Result<
                 })
             }
             Err(_) => {
-                last = Some(ConnectError::ConnectTimeout { host: host.to_string() });
+                last = Some(ConnectError::ConnectTimeout {
+                    host: host.to_string(),
+                });
             }
         }
     }
@@ -305,7 +331,11 @@ impl Connector {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(ConnectError::BadTarget(format!("unsupported scheme in {uri}"))),
+            _ => {
+                return Err(ConnectError::BadTarget(format!(
+                    "unsupported scheme in {uri}"
+                )))
+            }
         };
         let raw_host = uri
             .host()
@@ -335,21 +365,30 @@ impl Connector {
                 host: host.to_string(),
                 detail: tls_error_detail(&e),
             }),
-            Err(_) => Err(ConnectError::TlsTimeout { host: host.to_string() }),
+            Err(_) => Err(ConnectError::TlsTimeout {
+                host: host.to_string(),
+            }),
         }
     }
 }
 
 fn tls_error_detail(e: &io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(c)) => format!("invalid upstream certificate: {c:?}"),
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!("invalid upstream certificate: {c:?}")
+        }
         Some(other) => other.to_string(),
         None => e.to_string(),
     }
 }
 
 /// Finds our typed connect error inside hyper-util's error chain.
-pub fn find_connect_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+pub fn find_connect_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ConnectError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(c) = err.downcast_ref::<ConnectError>() {
@@ -384,7 +423,11 @@ impl Connection for UpConn {
 }
 
 impl hyper::rt::Read for UpConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpConn::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             UpConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -393,7 +436,11 @@ impl hyper::rt::Read for UpConn {
 }
 
 impl hyper::rt::Write for UpConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpConn::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             UpConn::Plain(s) => Pin::new(s).poll_write(cx, buf),

@@ -127,17 +127,45 @@ impl Default for CaConfig {
     }
 }
 
+/// How the ledger makes a decision record durable before the request leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LedgerSync {
+    /// `fdatasync` before forwarding (default).
+    Always,
+    /// Written to the OS before forwarding, synced every `sync_interval`.
+    Batch,
+}
+
 /// `[ledger]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerConfig {
     /// Default `.portcullis/ledger`.
     pub dir: PathBuf,
+    /// Default `always`.
+    pub sync: LedgerSync,
+    /// Default 100 ms (only for `sync = "batch"`).
+    pub sync_interval: Duration,
+    /// Sign a checkpoint every this many records. Default 1000.
+    pub checkpoint_every: u64,
+    /// ... or after this long. Default 1 s.
+    pub checkpoint_interval: Duration,
+    /// Rotate segments at this size. Default 64 MiB.
+    pub segment_max_bytes: u64,
+    /// Replica id written into checkpoints. Default "default".
+    pub replica_id: String,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             dir: PathBuf::from(".portcullis/ledger"),
+            sync: LedgerSync::Always,
+            sync_interval: Duration::from_millis(100),
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(1),
+            segment_max_bytes: 64 * 1024 * 1024,
+            replica_id: "default".to_owned(),
         }
     }
 }
@@ -358,6 +386,12 @@ struct RawCa {
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     dir: Option<S<String>>,
+    sync: Option<S<String>>,
+    sync_interval: Option<S<RawDuration>>,
+    checkpoint_every: Option<S<i64>>,
+    checkpoint_interval: Option<S<RawDuration>>,
+    segment_max_bytes: Option<S<i64>>,
+    replica_id: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -434,7 +468,9 @@ impl<'de> Deserialize<'de> for RawDuration {
             type Value = RawDuration;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"500ms\", \"10s\", \"5m\", \"2h\" or \"7d\"")
+                f.write_str(
+                    "a duration string such as \"500ms\", \"10s\", \"5m\", \"2h\" or \"7d\"",
+                )
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
@@ -661,7 +697,9 @@ impl Errors<'_> {
             if let Some(value) = value {
                 self.at(
                     &value.span(),
-                    format!("`{key}` is not supported yet by this version of Portcullis; remove it"),
+                    format!(
+                        "`{key}` is not supported yet by this version of Portcullis; remove it"
+                    ),
                 );
             }
         }
@@ -679,122 +717,13 @@ impl Errors<'_> {
             known_agents.contains(id)
         });
 
-        let mut hosts = Vec::new();
-        match raw.hosts {
-            None => self.at(
-                &span,
-                "route has no `hosts`; add the hosts it covers, as in `hosts = [\"api.openai.com\"]`",
-            ),
-            Some(list) if list.get_ref().is_empty() => self.at(
-                &list.span(),
-                "route has an empty `hosts` list; add the hosts it covers, as in `hosts = [\"api.openai.com\"]`",
-            ),
-            Some(list) => {
-                for host in list.into_inner() {
-                    if let Some(pattern) = self.check(&host.span(), HostPattern::parse(host.get_ref())) {
-                        hosts.push(pattern);
-                    }
-                }
-            }
-        }
-
-        let action = match &raw.action {
-            None => {
-                self.at(&span, "route needs an `action`: \"allow\" or \"deny\"");
-                Action::Deny
-            }
-            Some(action) => match action.get_ref().as_str() {
-                "allow" => Action::Allow,
-                "deny" => Action::Deny,
-                other @ ("narrow" | "approve" | "warn") => {
-                    self.at(
-                        &action.span(),
-                        format!("action \"{other}\" is not supported yet by this version of Portcullis; use \"allow\" or \"deny\""),
-                    );
-                    Action::Deny
-                }
-                other => {
-                    self.at(
-                        &action.span(),
-                        format!("unknown action \"{other}\"; use \"allow\" or \"deny\""),
-                    );
-                    Action::Deny
-                }
-            },
-        };
-
-        let mode = match &raw.mode {
-            None => Mode::Intercept,
-            Some(mode) => match mode.get_ref().as_str() {
-                "intercept" => Mode::Intercept,
-                "passthrough" => Mode::Passthrough,
-                other => {
-                    self.at(
-                        &mode.span(),
-                        format!("unknown mode \"{other}\"; use \"intercept\" or \"passthrough\""),
-                    );
-                    Mode::Intercept
-                }
-            },
-        };
-
+        let hosts = self.route_hosts(&span, raw.hosts);
+        let action = self.route_action(&span, raw.action.as_ref());
+        let mode = self.route_mode(raw.mode.as_ref());
         let allow_plaintext = raw.allow_plaintext.unwrap_or(false);
-        let ports = match raw.ports {
-            None => match (action, allow_plaintext) {
-                (Action::Allow, false) => vec![443],
-                _ => vec![443, 80],
-            },
-            Some(list) if list.get_ref().is_empty() => {
-                self.at(
-                    &list.span(),
-                    "route has an empty `ports` list; list ports, or remove `ports` to use the default [443]",
-                );
-                Vec::new()
-            }
-            Some(list) => list
-                .into_inner()
-                .into_iter()
-                .filter_map(|port| {
-                    let value = *port.get_ref();
-                    match u16::try_from(value) {
-                        Ok(p) if p != 0 => Some(p),
-                        _ => {
-                            self.at(
-                                &port.span(),
-                                format!("port {value} is out of range; use a port from 1 to 65535"),
-                            );
-                            None
-                        }
-                    }
-                })
-                .collect(),
-        };
-
-        let methods = match &raw.methods {
-            None => Vec::new(),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    self.at(&list.span(), "route has an empty `methods` list; remove `methods` to allow any method, or list them");
-                }
-                list.get_ref()
-                    .iter()
-                    .filter_map(|m| self.check(&m.span(), parse_method(m.get_ref())))
-                    .collect()
-            }
-        };
-
-        let paths = match &raw.paths {
-            None => Vec::new(),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    self.at(&list.span(), "route has an empty `paths` list; remove `paths` to allow any path, or list them");
-                }
-                list.get_ref()
-                    .iter()
-                    .filter_map(|p| self.check(&p.span(), PathPattern::parse(p.get_ref())))
-                    .collect()
-            }
-        };
+        let ports = self.route_ports(raw.ports, action, allow_plaintext);
+        let methods = self.optional_list(raw.methods.as_ref(), "methods", "method", parse_method);
+        let paths = self.optional_list(raw.paths.as_ref(), "paths", "path", PathPattern::parse);
 
         if mode == Mode::Passthrough {
             for (key, list) in [("methods", &raw.methods), ("paths", &raw.paths)] {
@@ -828,6 +757,131 @@ impl Errors<'_> {
             allow_plaintext,
             allow_private,
         }
+    }
+
+    fn route_hosts(
+        &mut self,
+        route_span: &Range<usize>,
+        raw: Option<S<Vec<S<String>>>>,
+    ) -> Vec<HostPattern> {
+        let example = "as in `hosts = [\"api.openai.com\"]`";
+        let Some(list) = raw else {
+            self.at(
+                route_span,
+                format!("route has no `hosts`; add the hosts it covers, {example}"),
+            );
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.at(
+                &list.span(),
+                format!("route has an empty `hosts` list; add the hosts it covers, {example}"),
+            );
+        }
+        list.into_inner()
+            .iter()
+            .filter_map(|host| self.check(&host.span(), HostPattern::parse(host.get_ref())))
+            .collect()
+    }
+
+    /// A missing or unusable action becomes `Deny` (the config is rejected anyway).
+    fn route_action(&mut self, route_span: &Range<usize>, raw: Option<&S<String>>) -> Action {
+        let Some(action) = raw else {
+            self.at(route_span, "route needs an `action`: \"allow\" or \"deny\"");
+            return Action::Deny;
+        };
+        match action.get_ref().as_str() {
+            "allow" => Action::Allow,
+            "deny" => Action::Deny,
+            other @ ("narrow" | "approve" | "warn") => {
+                self.at(
+                    &action.span(),
+                    format!("action \"{other}\" is not supported yet by this version of Portcullis; use \"allow\" or \"deny\""),
+                );
+                Action::Deny
+            }
+            other => {
+                self.at(
+                    &action.span(),
+                    format!("unknown action \"{other}\"; use \"allow\" or \"deny\""),
+                );
+                Action::Deny
+            }
+        }
+    }
+
+    fn route_mode(&mut self, raw: Option<&S<String>>) -> Mode {
+        let Some(mode) = raw else {
+            return Mode::Intercept;
+        };
+        match mode.get_ref().as_str() {
+            "intercept" => Mode::Intercept,
+            "passthrough" => Mode::Passthrough,
+            other => {
+                self.at(
+                    &mode.span(),
+                    format!("unknown mode \"{other}\"; use \"intercept\" or \"passthrough\""),
+                );
+                Mode::Intercept
+            }
+        }
+    }
+
+    /// Default `[443]`, plus 80 with `allow_plaintext`. A deny route covers both by
+    /// default, so that it cannot be sidestepped over plain HTTP.
+    fn route_ports(
+        &mut self,
+        raw: Option<S<Vec<S<i64>>>>,
+        action: Action,
+        allow_plaintext: bool,
+    ) -> Vec<u16> {
+        let Some(list) = raw else {
+            return match (action, allow_plaintext) {
+                (Action::Allow, false) => vec![443],
+                _ => vec![443, 80],
+            };
+        };
+        if list.get_ref().is_empty() {
+            self.at(
+                &list.span(),
+                "route has an empty `ports` list; list ports, or remove `ports` to use the default [443]",
+            );
+        }
+        let mut ports = Vec::new();
+        for port in list.into_inner() {
+            let value = *port.get_ref();
+            match u16::try_from(value) {
+                Ok(p) if p != 0 => ports.push(p),
+                _ => self.at(
+                    &port.span(),
+                    format!("port {value} is out of range; use a port from 1 to 65535"),
+                ),
+            }
+        }
+        ports
+    }
+
+    /// `methods` / `paths`: absent means "any", so an explicit empty list is a mistake.
+    fn optional_list<T>(
+        &mut self,
+        raw: Option<&S<Vec<S<String>>>>,
+        key: &str,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let Some(list) = raw else {
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.at(
+                &list.span(),
+                format!("route has an empty `{key}` list; remove `{key}` to allow any {what}, or list them"),
+            );
+        }
+        list.get_ref()
+            .iter()
+            .filter_map(|item| self.check(&item.span(), parse(item.get_ref())))
+            .collect()
     }
 
     /// A route's `tenants` or `agents` list: present means non-empty, and every id known.
@@ -915,7 +969,10 @@ impl Errors<'_> {
 
             let bind = match &listener.bind {
                 None => {
-                    self.at(&span, "listener needs a `bind` address, as in `bind = \"127.0.0.1:8080\"`");
+                    self.at(
+                        &span,
+                        "listener needs a `bind` address, as in `bind = \"127.0.0.1:8080\"`",
+                    );
                     None
                 }
                 Some(bind) => {
@@ -924,7 +981,9 @@ impl Errors<'_> {
                         if addr == admin.bind {
                             self.at(
                                 &bind.span(),
-                                format!("listener bind {addr} is also the admin bind; use another port"),
+                                format!(
+                                    "listener bind {addr} is also the admin bind; use another port"
+                                ),
                             );
                         } else if let Some(first) = binds.get(&addr) {
                             let line = self.line_of(first);
@@ -1048,8 +1107,45 @@ impl Errors<'_> {
 
     fn ledger(&mut self, raw: Option<RawLedger>) -> LedgerConfig {
         let mut ledger = LedgerConfig::default();
-        if let Some(dir) = self.dir(raw.and_then(|raw| raw.dir)) {
+        let Some(raw) = raw else { return ledger };
+        if let Some(dir) = self.dir(raw.dir) {
             ledger.dir = dir;
+        }
+        if let Some(sync) = raw.sync {
+            match sync.get_ref().as_str() {
+                "always" => ledger.sync = LedgerSync::Always,
+                "batch" => ledger.sync = LedgerSync::Batch,
+                other => self.at(
+                    &sync.span(),
+                    &format!("unknown ledger sync \"{other}\"; use \"always\" (fsync before forwarding) or \"batch\""),
+                ),
+            }
+        }
+        if let Some(value) = self.duration(raw.sync_interval, false) {
+            ledger.sync_interval = value;
+        }
+        if let Some(value) = self.positive(raw.checkpoint_every) {
+            ledger.checkpoint_every = value;
+        }
+        if let Some(value) = self.duration(raw.checkpoint_interval, false) {
+            ledger.checkpoint_interval = value;
+        }
+        if let Some(raw_max) = raw.segment_max_bytes {
+            let span = raw_max.span();
+            match self.positive::<u64>(Some(raw_max)) {
+                Some(value) if value < 4096 => self.at(
+                    &span,
+                    "segment_max_bytes must be at least 4096 (use e.g. 67108864)",
+                ),
+                Some(value) => ledger.segment_max_bytes = value,
+                None => {}
+            }
+        }
+        if let Some(id) = raw.replica_id {
+            match validate_id("replica_id", id.get_ref()) {
+                Ok(()) => ledger.replica_id = id.into_inner(),
+                Err(message) => self.at(&id.span(), message),
+            }
         }
         ledger
     }
@@ -1070,7 +1166,10 @@ impl Errors<'_> {
         let timeouts = [
             (raw.connect_timeout, &mut upstream.connect_timeout),
             (raw.tls_timeout, &mut upstream.tls_timeout),
-            (raw.response_header_timeout, &mut upstream.response_header_timeout),
+            (
+                raw.response_header_timeout,
+                &mut upstream.response_header_timeout,
+            ),
             (raw.idle_timeout, &mut upstream.idle_timeout),
         ];
         for (raw, slot) in timeouts {
@@ -1106,7 +1205,10 @@ impl Errors<'_> {
     fn dir(&mut self, raw: Option<S<String>>) -> Option<PathBuf> {
         let raw = raw?;
         if raw.get_ref().is_empty() {
-            self.at(&raw.span(), "the path is empty; write a file or directory path");
+            self.at(
+                &raw.span(),
+                "the path is empty; write a file or directory path",
+            );
             return None;
         }
         Some(PathBuf::from(raw.into_inner()))
@@ -1117,7 +1219,9 @@ impl Errors<'_> {
         let result = match raw.get_ref() {
             RawDuration::Text(text) => parse_duration(text).and_then(|d| {
                 if d.is_zero() && !zero_ok {
-                    Err(format!("duration \"{text}\" is zero; use a positive duration such as \"10s\""))
+                    Err(format!(
+                        "duration \"{text}\" is zero; use a positive duration such as \"10s\""
+                    ))
                 } else {
                     Ok(d)
                 }
@@ -1135,7 +1239,10 @@ impl Errors<'_> {
         match T::try_from(value) {
             Ok(n) if value > 0 => Some(n),
             _ => {
-                self.at(&raw.span(), format!("{value} is out of range; use a positive number"));
+                self.at(
+                    &raw.span(),
+                    format!("{value} is out of range; use a positive number"),
+                );
                 None
             }
         }
@@ -1212,15 +1319,30 @@ fn parse_token_hash(s: &str) -> Result<[u8; 32], String> {
 /// Methods a route may name. A typo (`PSOT`) would silently never match, so unknown
 /// methods are refused rather than accepted as opaque tokens.
 const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "QUERY", "PROPFIND",
-    "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "QUERY",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
 ];
 
 fn parse_method(s: &str) -> Result<String, String> {
     let is_token = !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        });
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if s == "*" {
         return Err("`*` is not a method; remove `methods` to allow any method".to_owned());
     }
@@ -1302,7 +1424,17 @@ mod tests {
 
     #[test]
     fn duration_rejects_missing_unit_sign_space_and_overflow() {
-        for bad in ["10", "s", "", "-1s", "1.5s", "10 s", "10sec", "99999999999999999999d", "18446744073709551615d"] {
+        for bad in [
+            "10",
+            "s",
+            "",
+            "-1s",
+            "1.5s",
+            "10 s",
+            "10sec",
+            "99999999999999999999d",
+            "18446744073709551615d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }

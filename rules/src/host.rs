@@ -82,10 +82,12 @@ impl Host {
         }
         if s.contains(':') {
             // A bare IPv6 literal (`::1`) is fine where no port can follow (SNI, config).
-            return s
-                .parse::<Ipv6Addr>()
-                .map(|ip| Host::Ip(IpAddr::V6(ip)))
-                .map_err(|_| HostError::BadIpLiteral(s.to_owned()));
+            // A single colon is a `host:port` given where only a host belongs.
+            return match s.parse::<Ipv6Addr>() {
+                Ok(ip) => Ok(Host::Ip(IpAddr::V6(ip))),
+                Err(_) if s.matches(':').count() == 1 => Err(HostError::InvalidChar(':')),
+                Err(_) => Err(HostError::BadIpLiteral(s.to_owned())),
+            };
         }
         let lower = s.to_ascii_lowercase();
         let name = lower.strip_suffix('.').unwrap_or(&lower);

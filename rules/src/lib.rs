@@ -67,7 +67,7 @@ mod ssrf;
 
 pub use config::{
     parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, LedgerConfig,
-    ListenerAuth, ListenerConfig, ListenerMode, Limits, ResolveEntry, UpstreamConfig,
+    LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
     EMBEDDED_DEFAULT,
 };
 pub use decision::{Action, Decision, Reason};

@@ -78,8 +78,8 @@ impl Route {
     /// Whether the route is scoped to `agent`: by agent id, by tenant, or unscoped.
     pub fn applies_to(&self, agent: &Agent) -> bool {
         (self.tenants.is_empty() && self.agents.is_empty())
-            || self.tenants.iter().any(|t| *t == agent.tenant)
-            || self.agents.iter().any(|a| *a == agent.id)
+            || self.tenants.contains(&agent.tenant)
+            || self.agents.contains(&agent.id)
     }
 
     /// Whether one of the route's host patterns matches `host`.
@@ -121,7 +121,9 @@ impl Route {
     /// For a deny route: whether it covers `req`. Deny routes ignore the plaintext and
     /// websocket gates: those are permissions, and must not let a request slip past a deny.
     fn deny_matches(&self, req: &RequestFacts<'_>) -> bool {
-        self.ports.contains(&req.port) && self.matches_method(req.method) && self.matches_path(req.path)
+        self.ports.contains(&req.port)
+            && self.matches_method(req.method)
+            && self.matches_path(req.path)
     }
 }
 
@@ -139,7 +141,9 @@ impl PathPattern {
     /// The error message says how to fix the pattern.
     pub fn parse(s: &str) -> Result<PathPattern, String> {
         if !s.starts_with('/') {
-            return Err(format!("path `{s}` must start with `/`, as in `/v1/models`"));
+            return Err(format!(
+                "path `{s}` must start with `/`, as in `/v1/models`"
+            ));
         }
         if let Some(bad) = s.chars().find(|c| !c.is_ascii_graphic()) {
             return Err(format!(
@@ -180,7 +184,9 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(want) => path == want,
-            PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()) && is_normal_path(path),
+            PathPattern::Prefix(prefix) => {
+                path.starts_with(prefix.as_str()) && is_normal_path(path)
+            }
         }
     }
 }
@@ -330,7 +336,8 @@ impl Policy {
         let digest = Sha256::digest(token);
         let agent = self.agent(agent_id);
         let expected = agent.map_or(&UNKNOWN_AGENT_DIGEST, |a| &a.token_sha256);
-        let ok = digest.as_slice().ct_eq(expected.as_slice()) & Choice::from(u8::from(agent.is_some()));
+        let ok =
+            digest.as_slice().ct_eq(expected.as_slice()) & Choice::from(u8::from(agent.is_some()));
         if bool::from(ok) {
             agent
         } else {
@@ -412,7 +419,11 @@ impl Policy {
     }
 
     /// Routes that apply to `agent` and whose hosts match `host`, in file order.
-    fn candidates<'a>(&'a self, agent: &'a Agent, host: &'a Host) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
+    fn candidates<'a>(
+        &'a self,
+        agent: &'a Agent,
+        host: &'a Host,
+    ) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
         self.index
             .candidates(host, &self.routes)
             .filter_map(|i| self.routes.get(i))
@@ -455,7 +466,9 @@ impl HostIndex {
         for (i, route) in routes.iter().enumerate() {
             for pattern in &route.hosts {
                 match pattern {
-                    HostPattern::Exact(name) => push(index.exact.entry(name.clone()).or_default(), i),
+                    HostPattern::Exact(name) => {
+                        push(index.exact.entry(name.clone()).or_default(), i)
+                    }
                     HostPattern::Wildcard(suffix) => {
                         push(index.wildcard.entry(suffix.clone()).or_default(), i)
                     }
@@ -486,7 +499,10 @@ impl HostIndex {
 /// Route indices matching one host, ascending.
 enum Candidates<'a> {
     /// Merge of two ascending lists, without duplicates.
-    Names { exact: &'a [usize], wildcard: &'a [usize] },
+    Names {
+        exact: &'a [usize],
+        wildcard: &'a [usize],
+    },
     /// The IP-pattern routes, filtered by an actual match.
     Ips {
         list: std::slice::Iter<'a, usize>,

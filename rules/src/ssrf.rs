@@ -126,27 +126,75 @@ fn classify_v4(ip: Ipv4Addr) -> Option<SsrfClass> {
 }
 
 fn prefix_matches_v4(addr: u32, net: u32, len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
     addr & mask == net & mask
 }
 
 fn prefix_matches_v6(addr: u128, net: u128, len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
     addr & mask == net & mask
 }
 
 /// IPv6 native classes, checked after the IPv4-embedding forms.
 const V6_TABLE: &[(u128, u8, SsrfClass)] = &[
-    (0xfc00_0000_0000_0000_0000_0000_0000_0000, 7, SsrfClass::UniqueLocal),
-    (0xfe80_0000_0000_0000_0000_0000_0000_0000, 10, SsrfClass::LinkLocal),
-    (0xfec0_0000_0000_0000_0000_0000_0000_0000, 10, SsrfClass::SiteLocal),
-    (0xff00_0000_0000_0000_0000_0000_0000_0000, 8, SsrfClass::Multicast),
-    (0x2001_0db8_0000_0000_0000_0000_0000_0000, 32, SsrfClass::Documentation),
-    (0x3fff_0000_0000_0000_0000_0000_0000_0000, 20, SsrfClass::Documentation),
-    (0x2001_0000_0000_0000_0000_0000_0000_0000, 32, SsrfClass::Teredo),
-    (0x2001_0002_0000_0000_0000_0000_0000_0000, 48, SsrfClass::Benchmarking),
-    (0x2001_0010_0000_0000_0000_0000_0000_0000, 28, SsrfClass::Reserved), // deprecated ORCHID
-    (0x0100_0000_0000_0000_0000_0000_0000_0000, 64, SsrfClass::Reserved), // discard-only
+    (
+        0xfc00_0000_0000_0000_0000_0000_0000_0000,
+        7,
+        SsrfClass::UniqueLocal,
+    ),
+    (
+        0xfe80_0000_0000_0000_0000_0000_0000_0000,
+        10,
+        SsrfClass::LinkLocal,
+    ),
+    (
+        0xfec0_0000_0000_0000_0000_0000_0000_0000,
+        10,
+        SsrfClass::SiteLocal,
+    ),
+    (
+        0xff00_0000_0000_0000_0000_0000_0000_0000,
+        8,
+        SsrfClass::Multicast,
+    ),
+    (
+        0x2001_0db8_0000_0000_0000_0000_0000_0000,
+        32,
+        SsrfClass::Documentation,
+    ),
+    (
+        0x3fff_0000_0000_0000_0000_0000_0000_0000,
+        20,
+        SsrfClass::Documentation,
+    ),
+    (
+        0x2001_0000_0000_0000_0000_0000_0000_0000,
+        32,
+        SsrfClass::Teredo,
+    ),
+    (
+        0x2001_0002_0000_0000_0000_0000_0000_0000,
+        48,
+        SsrfClass::Benchmarking,
+    ),
+    (
+        0x2001_0010_0000_0000_0000_0000_0000_0000,
+        28,
+        SsrfClass::Reserved,
+    ), // deprecated ORCHID
+    (
+        0x0100_0000_0000_0000_0000_0000_0000_0000,
+        64,
+        SsrfClass::Reserved,
+    ), // discard-only
 ];
 
 /// All global unicast space is inside 2000::/3; anything else not named above is unallocated.
@@ -175,10 +223,16 @@ fn classify_v6(ip: Ipv6Addr) -> Option<SsrfClass> {
     {
         return classify_v4(low_v4);
     }
-    // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): the operator picks the RFC 6052 prefix
-    // length, so judge every place an IPv4 address could sit and block if any is blocked.
+    // 64:ff9b:1::/48, local-use NAT64 (RFC 8215). The operator picks the RFC 6052 prefix
+    // length. Zeros between the prefix and the last 32 bits mean the common /96 layout;
+    // otherwise judge every place the shorter layouts put an IPv4 address, and block if
+    // any of them is blocked.
     if prefix_matches_v6(addr, 0x0064_ff9b_0001_0000_0000_0000_0000_0000, 48) {
-        return rfc6052_candidates(ip).into_iter().find_map(classify_v4);
+        let b = ip.octets();
+        if b[6..12].iter().all(|&x| x == 0) {
+            return classify_v4(low_v4);
+        }
+        return rfc6052_short_layouts(&b).into_iter().find_map(classify_v4);
     }
     // 2002:a.b.c.d::/48, 6to4.
     if prefix_matches_v6(addr, 0x2002_0000_0000_0000_0000_0000_0000_0000, 16) {
@@ -196,14 +250,12 @@ fn classify_v6(ip: Ipv6Addr) -> Option<SsrfClass> {
     None
 }
 
-/// The IPv4 address an RFC 6052 prefix of length 48, 56, 64 or 96 would embed in `ip`.
+/// The IPv4 address that an RFC 6052 prefix of length 48, 56 or 64 embeds in `b`.
 /// Byte 8 (bits 64..72) is the reserved "u" octet, which the embedding skips.
-fn rfc6052_candidates(ip: Ipv6Addr) -> [Ipv4Addr; 4] {
-    let b = ip.octets();
+fn rfc6052_short_layouts(b: &[u8; 16]) -> [Ipv4Addr; 3] {
     [
         Ipv4Addr::new(b[6], b[7], b[9], b[10]),   // /48
         Ipv4Addr::new(b[7], b[9], b[10], b[11]),  // /56
         Ipv4Addr::new(b[9], b[10], b[11], b[12]), // /64
-        Ipv4Addr::new(b[12], b[13], b[14], b[15]), // /96
     ]
 }

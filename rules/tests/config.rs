@@ -27,12 +27,20 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("unknown_field", 16, "unknown field `hots`"),
     ("wrong_type", 14, "invalid type"),
     ("bad_id", 13, "agent id `bad:bot` is not valid"),
-    ("duplicate_tenant_id", 13, "duplicate tenant id `acme` (first declared on line 5)"),
+    (
+        "duplicate_tenant_id",
+        13,
+        "duplicate tenant id `acme` (first declared on line 5)",
+    ),
     ("duplicate_agent_id", 13, "duplicate agent id `bot`"),
     ("duplicate_route_id", 18, "duplicate route id `r1`"),
     ("agent_unknown_tenant", 14, "unknown tenant `acne`"),
     ("agent_missing_tenant", 12, "agent needs a `tenant`"),
-    ("agent_bad_token_hash", 15, "token_sha256 must be 64 hex characters"),
+    (
+        "agent_bad_token_hash",
+        15,
+        "token_sha256 must be 64 hex characters",
+    ),
     ("agent_token_hash_not_hex", 15, "not 0-9 or a-f"),
     ("route_unknown_tenant", 14, "unknown tenant `acne`"),
     ("route_unknown_agent", 14, "unknown agent `bott`"),
@@ -44,11 +52,23 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("host_middle_wildcard", 16, "only allowed as a leading `*.`"),
     ("host_partial_wildcard", 14, "not a whole leading label"),
     ("host_double_wildcard", 14, "more than one `*`"),
-    ("host_bare_wildcard", 14, "a bare `*` would match every host"),
+    (
+        "host_bare_wildcard",
+        14,
+        "a bare `*` would match every host",
+    ),
     ("host_non_ascii", 14, "punycode (xn--"),
-    ("host_with_port", 14, "includes a port; write the host alone"),
+    (
+        "host_with_port",
+        14,
+        "includes a port; write the host alone",
+    ),
     ("host_url", 14, "looks like a URL"),
-    ("host_bad_ip_literal", 14, "looks like an IP address but is not a valid one"),
+    (
+        "host_bad_ip_literal",
+        14,
+        "looks like an IP address but is not a valid one",
+    ),
     ("host_invalid_char", 14, "not allowed in a host name"),
     ("host_label_too_long", 14, "maximum is 63"),
     ("port_zero", 15, "port 0 is out of range"),
@@ -64,16 +84,33 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("path_dot_segment", 15, "write the normalized path"),
     ("route_empty_paths", 15, "empty `paths` list"),
     ("action_missing", 12, "route needs an `action`"),
-    ("action_unsupported", 15, "action \"narrow\" is not supported yet"),
+    (
+        "action_unsupported",
+        15,
+        "action \"narrow\" is not supported yet",
+    ),
     ("action_unknown", 15, "unknown action \"permit\""),
-    ("route_key_not_supported", 16, "`models` is not supported yet"),
+    (
+        "route_key_not_supported",
+        16,
+        "`models` is not supported yet",
+    ),
     ("mode_unknown", 16, "unknown mode \"splice\""),
-    ("passthrough_with_methods", 17, "passthrough route cannot enforce `methods`"),
-    ("passthrough_with_paths", 17, "passthrough route cannot enforce `paths`"),
+    (
+        "passthrough_with_methods",
+        17,
+        "passthrough route cannot enforce `methods`",
+    ),
+    (
+        "passthrough_with_paths",
+        17,
+        "passthrough route cannot enforce `paths`",
+    ),
     ("allow_private_bad_cidr", 16, "is not a network"),
     ("duration_bad", 13, "is not a duration"),
     ("duration_number", 13, "durations are strings with a unit"),
     ("duration_zero", 13, "is zero"),
+    ("ledger_sync_unknown", 8, "unknown ledger sync"),
     ("limit_not_positive", 13, "use a positive number"),
     ("ca_cache_capacity_negative", 13, "use a positive number"),
     ("empty_path_setting", 13, "the path is empty"),
@@ -82,17 +119,37 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("admin_bind_bad", 13, "is not a bind address"),
     ("listener_bind_bad", 14, "is not a bind address"),
     ("listener_missing_bind", 12, "listener needs a `bind`"),
-    ("listener_duplicate_name", 17, "duplicate listener name `forward`"),
-    ("listener_duplicate_bind", 18, "duplicate listener bind 127.0.0.1:8080"),
+    (
+        "listener_duplicate_name",
+        17,
+        "duplicate listener name `forward`",
+    ),
+    (
+        "listener_duplicate_bind",
+        18,
+        "duplicate listener bind 127.0.0.1:8080",
+    ),
     ("listener_bind_is_admin_bind", 17, "is also the admin bind"),
-    ("listener_mode_unsupported", 15, "listener mode \"transparent\" is not supported yet"),
-    ("listener_mode_unknown", 15, "unknown listener mode \"reverse\""),
+    (
+        "listener_mode_unsupported",
+        15,
+        "listener mode \"transparent\" is not supported yet",
+    ),
+    (
+        "listener_mode_unknown",
+        15,
+        "unknown listener mode \"reverse\"",
+    ),
     ("listeners_empty", 3, "`listeners` is empty"),
     ("auth_unknown", 15, "unknown auth \"bearer\""),
     ("auth_none_without_agent", 15, "needs `agent = "),
     ("auth_none_unknown_agent", 16, "unknown agent `ghost`"),
     ("auth_none_non_loopback", 15, "force_unauthenticated = true"),
-    ("auth_basic_with_agent", 16, "`agent` only applies to a listener with auth = \"none\""),
+    (
+        "auth_basic_with_agent",
+        16,
+        "`agent` only applies to a listener with auth = \"none\"",
+    ),
 ];
 
 #[test]
@@ -132,12 +189,19 @@ fn every_invalid_fixture_file_is_in_the_table() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir: {e}")) {
         let path: PathBuf = entry.unwrap_or_else(|e| panic!("entry: {e}")).path();
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if !INVALID.iter().any(|(name, _, _)| *name == stem) {
             missing.push(stem);
         }
     }
-    assert!(missing.is_empty(), "fixtures without a table row: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fixtures without a table row: {missing:?}"
+    );
 }
 
 #[test]
@@ -176,8 +240,14 @@ fn config_errors_display_one_file_line_col_message_per_line() {
     };
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), 10, "{shown}");
-    assert!(lines[0].starts_with("several_errors.toml:2:11: "), "{shown}");
-    assert!(lines.iter().all(|l| l.starts_with("several_errors.toml:")), "{shown}");
+    assert!(
+        lines[0].starts_with("several_errors.toml:2:11: "),
+        "{shown}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("several_errors.toml:")),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -189,8 +259,16 @@ fn embedded_default_parses_and_allows_model_providers_only() {
     assert_eq!(listener.name, "forward");
     assert_eq!(listener.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
     assert_eq!(listener.mode, ListenerMode::Forward);
-    assert_eq!(listener.auth, ListenerAuth::None { agent: "local".to_owned() });
-    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)));
+    assert_eq!(
+        listener.auth,
+        ListenerAuth::None {
+            agent: "local".to_owned()
+        }
+    );
+    assert_eq!(
+        config.admin.bind,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9901))
+    );
     assert_eq!(config.ca.dir, PathBuf::from(".portcullis/ca"));
     assert_eq!(config.ledger.dir, PathBuf::from(".portcullis/ledger"));
 
@@ -204,11 +282,20 @@ fn embedded_default_parses_and_allows_model_providers_only() {
     assert!(route.websocket);
     assert_eq!(route.ports, vec![443]);
     assert_eq!(route.hosts.len(), 21);
-    for host in ["api.openai.com", "myres.openai.azure.com", "api.anthropic.com", "api.x.ai"] {
+    for host in [
+        "api.openai.com",
+        "myres.openai.azure.com",
+        "api.anthropic.com",
+        "api.x.ai",
+    ] {
         let host = Host::parse(host).unwrap_or_else(|e| panic!("{host}: {e}"));
         assert!(route.matches_host(&host), "{host} should be allowed");
     }
-    for host in ["example.com", "openai.azure.com", "evil.api.openai.com.attacker.net"] {
+    for host in [
+        "example.com",
+        "openai.azure.com",
+        "evil.api.openai.com.attacker.net",
+    ] {
         let host = Host::parse(host).unwrap_or_else(|e| panic!("{host}: {e}"));
         assert!(!route.matches_host(&host), "{host} should not be allowed");
     }
@@ -219,14 +306,23 @@ fn omitted_sections_take_their_documented_defaults() {
     let config = parse_config("min.toml", "version = 1\n")
         .unwrap_or_else(|e| panic!("minimal config must parse:\n{e}"));
     assert_eq!(config.listeners.len(), 1);
-    assert_eq!(config.listeners[0].bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
+    assert_eq!(
+        config.listeners[0].bind,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))
+    );
     assert_eq!(config.listeners[0].auth, ListenerAuth::Basic);
-    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)));
+    assert_eq!(
+        config.admin.bind,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9901))
+    );
     assert_eq!(config.ca.leaf_ttl, Duration::from_secs(7 * 86_400));
     assert_eq!(config.ca.cache_capacity, 10_000);
     assert_eq!(config.upstream.connect_timeout, Duration::from_secs(10));
     assert_eq!(config.upstream.tls_timeout, Duration::from_secs(10));
-    assert_eq!(config.upstream.response_header_timeout, Duration::from_secs(60));
+    assert_eq!(
+        config.upstream.response_header_timeout,
+        Duration::from_secs(60)
+    );
     assert_eq!(config.upstream.idle_timeout, Duration::from_secs(90));
     assert_eq!(config.limits.client_header_timeout, Duration::from_secs(10));
     assert_eq!(config.limits.max_header_bytes, 64 * 1024);
@@ -243,14 +339,33 @@ fn full_config_parses_every_field_into_its_typed_value() {
 
     assert_eq!(config.listeners.len(), 2);
     assert_eq!(config.listeners[1].name, "sidecar");
-    assert_eq!(config.listeners[1].bind, "0.0.0.0:8082".parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}")));
-    assert_eq!(config.listeners[1].auth, ListenerAuth::None { agent: "sidecar-bot".to_owned() });
-    assert_eq!(config.admin.bind, SocketAddr::from((Ipv4Addr::LOCALHOST, 9911)));
+    assert_eq!(
+        config.listeners[1].bind,
+        "0.0.0.0:8082"
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+    assert_eq!(
+        config.listeners[1].auth,
+        ListenerAuth::None {
+            agent: "sidecar-bot".to_owned()
+        }
+    );
+    assert_eq!(
+        config.admin.bind,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9911))
+    );
     assert_eq!(config.ca.dir, PathBuf::from("/var/lib/portcullis/ca"));
     assert_eq!(config.ca.leaf_ttl, Duration::from_secs(2 * 3600));
     assert_eq!(config.ca.cache_capacity, 500);
-    assert_eq!(config.ledger.dir, PathBuf::from("/var/lib/portcullis/ledger"));
-    assert_eq!(config.upstream.extra_ca, vec![PathBuf::from("tests/origin-ca.pem")]);
+    assert_eq!(
+        config.ledger.dir,
+        PathBuf::from("/var/lib/portcullis/ledger")
+    );
+    assert_eq!(
+        config.upstream.extra_ca,
+        vec![PathBuf::from("tests/origin-ca.pem")]
+    );
     assert_eq!(
         config.upstream.resolve,
         vec![
@@ -277,11 +392,23 @@ fn full_config_parses_every_field_into_its_typed_value() {
     assert_eq!(policy.agents().len(), 3);
     assert_eq!(policy.hash_hex().len(), 64);
     let ids: Vec<&str> = policy.routes().iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["acme-block-files", "acme-openai", "globex-internal", "sidecar-anthropic"]);
+    assert_eq!(
+        ids,
+        [
+            "acme-block-files",
+            "acme-openai",
+            "globex-internal",
+            "sidecar-anthropic"
+        ]
+    );
 
     let deny = &policy.routes()[0];
     assert_eq!(deny.action, Action::Deny);
-    assert_eq!(deny.ports, vec![443, 80], "deny routes cover plain HTTP by default");
+    assert_eq!(
+        deny.ports,
+        vec![443, 80],
+        "deny routes cover plain HTTP by default"
+    );
 
     let openai = &policy.routes()[1];
     assert_eq!(openai.tenants, ["acme"]);
@@ -296,10 +423,17 @@ fn full_config_parses_every_field_into_its_typed_value() {
     assert!(openai.websocket);
 
     let internal = &policy.routes()[2];
-    assert_eq!(internal.ports, vec![443, 80], "allow_plaintext adds port 80");
+    assert_eq!(
+        internal.ports,
+        vec![443, 80],
+        "allow_plaintext adds port 80"
+    );
     assert!(internal.allow_plaintext);
     assert!(internal.allows_private(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
-    assert!(internal.allows_private(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))), "a bare IP is a /32");
+    assert!(
+        internal.allows_private(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
+        "a bare IP is a /32"
+    );
     assert!(!internal.allows_private(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 4))));
     assert!(internal.allows_private("::ffff:127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"))));
 
@@ -321,12 +455,19 @@ fn policy_hash_is_the_sha256_of_the_config_text() {
 
 #[test]
 fn resolve_entry_parses_names_v4_and_bracketed_v6() {
-    let entry = ResolveEntry::parse("API.OpenAI.com:443:127.0.0.1:4443").unwrap_or_else(|e| panic!("{e}"));
+    let entry =
+        ResolveEntry::parse("API.OpenAI.com:443:127.0.0.1:4443").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(entry.host, Host::Name("api.openai.com".to_owned()));
     assert_eq!(entry.port, 443);
     assert_eq!(entry.addr, SocketAddr::from((Ipv4Addr::LOCALHOST, 4443)));
-    let entry = ResolveEntry::parse("example.com:8443:[::1]:9443").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(entry.addr, "[::1]:9443".parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}")));
+    let entry =
+        ResolveEntry::parse("example.com:8443:[::1]:9443").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        entry.addr,
+        "[::1]:9443"
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
 }
 
 #[test]
@@ -343,6 +484,9 @@ fn resolve_entry_rejects_missing_parts_names_as_addresses_and_bad_ports() {
         "api.openai.com:https:127.0.0.1:4443",
         "api.openai.com:443:[::1:4443",
     ] {
-        assert!(ResolveEntry::parse(bad).is_err(), "{bad:?} should be rejected");
+        assert!(
+            ResolveEntry::parse(bad).is_err(),
+            "{bad:?} should be rejected"
+        );
     }
 }

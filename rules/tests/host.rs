@@ -34,7 +34,7 @@ fn host_parse_folds_every_inet_aton_spelling_of_loopback_to_127_0_0_1() {
         "0177.1",
         "127.0.0.1.",
         "0x7f.0x0.0x0.0x1",
-        "00000127.0.0.1",
+        "000000177.0.0.1",
     ] {
         assert_eq!(Host::parse(spelling), Ok(loopback.clone()), "{spelling}");
     }
@@ -80,11 +80,26 @@ fn host_parse_accepts_bracketed_and_bare_ipv6_including_mapped_forms() {
     assert_eq!(parse("[::ffff:127.0.0.1]"), ip("::ffff:127.0.0.1"));
     assert_eq!(parse("[2606:4700::1111]"), ip("2606:4700::1111"));
     assert_eq!(parse("[2606:4700::ABCD]"), ip("2606:4700::abcd"));
-    assert!(matches!(Host::parse("[::1"), Err(HostError::BadIpLiteral(_))));
-    assert!(matches!(Host::parse("[example.com]"), Err(HostError::BadIpLiteral(_))));
-    assert!(matches!(Host::parse("[::1]."), Err(HostError::BadIpLiteral(_))));
-    assert!(matches!(Host::parse("::g"), Err(HostError::BadIpLiteral(_))));
-    assert!(matches!(Host::parse("fe80::1%eth0"), Err(HostError::BadIpLiteral(_))));
+    assert!(matches!(
+        Host::parse("[::1"),
+        Err(HostError::BadIpLiteral(_))
+    ));
+    assert!(matches!(
+        Host::parse("[example.com]"),
+        Err(HostError::BadIpLiteral(_))
+    ));
+    assert!(matches!(
+        Host::parse("[::1]."),
+        Err(HostError::BadIpLiteral(_))
+    ));
+    assert!(matches!(
+        Host::parse("::g"),
+        Err(HostError::BadIpLiteral(_))
+    ));
+    assert!(matches!(
+        Host::parse("fe80::1%eth0"),
+        Err(HostError::BadIpLiteral(_))
+    ));
 }
 
 #[test]
@@ -105,7 +120,10 @@ fn host_parse_keeps_names_that_merely_contain_digits_or_hex_letters() {
     assert_eq!(parse("0x7f.example"), name("0x7f.example"));
     assert_eq!(parse("localhost"), name("localhost"));
     assert_eq!(parse("_dmarc.example.com"), name("_dmarc.example.com"));
-    assert_eq!(parse("xn--bcher-kva.example"), name("xn--bcher-kva.example"));
+    assert_eq!(
+        parse("xn--bcher-kva.example"),
+        name("xn--bcher-kva.example")
+    );
 }
 
 #[test]
@@ -114,11 +132,30 @@ fn host_parse_rejects_empty_non_ascii_and_invalid_characters() {
     assert_eq!(Host::parse("."), Err(HostError::Empty));
     assert_eq!(Host::parse("bücher.example"), Err(HostError::NonAscii));
     assert_eq!(Host::parse("ex\u{200b}ample.com"), Err(HostError::NonAscii));
-    assert_eq!(Host::parse("*.example.com"), Err(HostError::InvalidChar('*')));
-    assert_eq!(Host::parse("exa mple.com"), Err(HostError::InvalidChar(' ')));
-    assert_eq!(Host::parse("example.com/path"), Err(HostError::InvalidChar('/')));
-    assert_eq!(Host::parse("user@example.com"), Err(HostError::InvalidChar('@')));
-    assert_eq!(Host::parse("exa\0mple.com"), Err(HostError::InvalidChar('\0')));
+    assert_eq!(
+        Host::parse("*.example.com"),
+        Err(HostError::InvalidChar('*'))
+    );
+    assert_eq!(
+        Host::parse("exa mple.com"),
+        Err(HostError::InvalidChar(' '))
+    );
+    assert_eq!(
+        Host::parse("example.com/path"),
+        Err(HostError::InvalidChar('/'))
+    );
+    assert_eq!(
+        Host::parse("user@example.com"),
+        Err(HostError::InvalidChar('@'))
+    );
+    assert_eq!(
+        Host::parse("exa\0mple.com"),
+        Err(HostError::InvalidChar('\0'))
+    );
+    assert_eq!(
+        Host::parse("example.com:443"),
+        Err(HostError::InvalidChar(':'))
+    );
     let message = HostError::NonAscii.to_string();
     assert!(message.contains("punycode (xn--"), "{message}");
 }
@@ -127,7 +164,10 @@ fn host_parse_rejects_empty_non_ascii_and_invalid_characters() {
 fn host_parse_enforces_label_and_total_length_limits() {
     let label63 = "a".repeat(63);
     let label64 = "a".repeat(64);
-    assert_eq!(parse(&format!("{label63}.com")), name(&format!("{label63}.com")));
+    assert_eq!(
+        parse(&format!("{label63}.com")),
+        name(&format!("{label63}.com"))
+    );
     assert_eq!(
         Host::parse(&format!("{label64}.com")),
         Err(HostError::LabelTooLong(64))
@@ -146,40 +186,74 @@ fn host_display_prints_names_as_is_and_ipv6_without_brackets() {
     assert_eq!(parse("API.example.com.").to_string(), "api.example.com");
     assert_eq!(parse("0x7f.1").to_string(), "127.0.0.1");
     assert_eq!(parse("[::1]").to_string(), "::1");
-    assert_eq!(parse("[2606:4700:0:0::1111]").to_string(), "2606:4700::1111");
+    assert_eq!(
+        parse("[2606:4700:0:0::1111]").to_string(),
+        "2606:4700::1111"
+    );
     assert!(parse("[::1]").is_ip());
     assert!(!parse("example.com").is_ip());
 }
 
 #[test]
 fn split_host_port_reads_names_ipv4_and_bracketed_ipv6() {
-    assert_eq!(split_host_port("api.openai.com:443", 80), Ok((name("api.openai.com"), 443)));
-    assert_eq!(split_host_port("API.openai.com.:8443", 80), Ok((name("api.openai.com"), 8443)));
-    assert_eq!(split_host_port("127.0.0.1:4443", 80), Ok((ip("127.0.0.1"), 4443)));
+    assert_eq!(
+        split_host_port("api.openai.com:443", 80),
+        Ok((name("api.openai.com"), 443))
+    );
+    assert_eq!(
+        split_host_port("API.openai.com.:8443", 80),
+        Ok((name("api.openai.com"), 8443))
+    );
+    assert_eq!(
+        split_host_port("127.0.0.1:4443", 80),
+        Ok((ip("127.0.0.1"), 4443))
+    );
     assert_eq!(split_host_port("[::1]:8443", 80), Ok((ip("::1"), 8443)));
-    assert_eq!(split_host_port("2130706433:443", 80), Ok((ip("127.0.0.1"), 443)));
+    assert_eq!(
+        split_host_port("2130706433:443", 80),
+        Ok((ip("127.0.0.1"), 443))
+    );
 }
 
 #[test]
 fn split_host_port_uses_the_default_port_when_none_is_given() {
-    assert_eq!(split_host_port("example.com", 80), Ok((name("example.com"), 80)));
+    assert_eq!(
+        split_host_port("example.com", 80),
+        Ok((name("example.com"), 80))
+    );
     assert_eq!(split_host_port("[::1]", 443), Ok((ip("::1"), 443)));
 }
 
 #[test]
 fn split_host_port_rejects_bad_ports_and_unbracketed_ipv6() {
-    for bad in ["example.com:", "example.com:0", "example.com:65536", "example.com:+443", "example.com:44 3", "example.com:https"] {
+    for bad in [
+        "example.com:",
+        "example.com:0",
+        "example.com:65536",
+        "example.com:+443",
+        "example.com:44 3",
+        "example.com:https",
+    ] {
         assert!(
             matches!(split_host_port(bad, 443), Err(HostError::BadPort(_))),
             "{bad:?} gave {:?}",
             split_host_port(bad, 443)
         );
     }
-    assert_eq!(split_host_port("::1:443", 443), Err(HostError::UnbracketedIpv6));
+    assert_eq!(
+        split_host_port("::1:443", 443),
+        Err(HostError::UnbracketedIpv6)
+    );
     assert_eq!(split_host_port("", 443), Err(HostError::Empty));
     assert_eq!(split_host_port(":443", 443), Err(HostError::Empty));
-    assert!(matches!(split_host_port("[::1]443", 443), Err(HostError::BadIpLiteral(_))));
-    assert!(matches!(split_host_port("[::1:443", 443), Err(HostError::BadIpLiteral(_))));
+    assert!(matches!(
+        split_host_port("[::1]443", 443),
+        Err(HostError::BadIpLiteral(_))
+    ));
+    assert!(matches!(
+        split_host_port("[::1:443", 443),
+        Err(HostError::BadIpLiteral(_))
+    ));
     assert!(split_host_port("example.com:65535", 443).is_ok());
 }
 
@@ -189,16 +263,31 @@ fn pattern(s: &str) -> HostPattern {
 
 #[test]
 fn host_pattern_parses_exact_wildcard_and_ip_forms_canonically() {
-    assert_eq!(pattern("API.OpenAI.com."), HostPattern::Exact("api.openai.com".to_owned()));
+    assert_eq!(
+        pattern("API.OpenAI.com."),
+        HostPattern::Exact("api.openai.com".to_owned())
+    );
     assert_eq!(
         pattern("*.OpenAI.Azure.com."),
         HostPattern::Wildcard(".openai.azure.com".to_owned())
     );
     assert_eq!(pattern("*.com"), HostPattern::Wildcard(".com".to_owned()));
-    assert_eq!(pattern("10.0.0.1"), HostPattern::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
-    assert_eq!(pattern("0x0a000001"), HostPattern::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
-    assert_eq!(pattern("[::1]"), HostPattern::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-    assert_eq!(pattern("*.openai.azure.com").to_string(), "*.openai.azure.com");
+    assert_eq!(
+        pattern("10.0.0.1"),
+        HostPattern::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+    );
+    assert_eq!(
+        pattern("0x0a000001"),
+        HostPattern::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+    );
+    assert_eq!(
+        pattern("[::1]"),
+        HostPattern::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
+    );
+    assert_eq!(
+        pattern("*.openai.azure.com").to_string(),
+        "*.openai.azure.com"
+    );
 }
 
 #[test]
@@ -208,7 +297,10 @@ fn host_pattern_wildcard_matches_exactly_one_extra_label_and_never_the_apex() {
     assert!(p.matches(&parse("MyRes.OpenAI.Azure.com.")));
     assert!(!p.matches(&parse("openai.azure.com")), "apex");
     assert!(!p.matches(&parse("a.b.openai.azure.com")), "two labels");
-    assert!(!p.matches(&parse("evilopenai.azure.com")), "suffix without a dot");
+    assert!(
+        !p.matches(&parse("evilopenai.azure.com")),
+        "suffix without a dot"
+    );
     assert!(!p.matches(&parse("myres.openai.azure.com.evil.net")));
     assert!(!p.matches(&ip("127.0.0.1")));
 }
@@ -227,7 +319,10 @@ fn host_pattern_exact_ignores_case_and_trailing_dot_on_both_sides() {
 fn host_pattern_ip_matches_only_that_ip_in_any_spelling() {
     let p = pattern("127.0.0.1");
     assert!(p.matches(&parse("2130706433")));
-    assert!(p.matches(&parse("[::ffff:127.0.0.1]")), "IPv4-mapped form of the same address");
+    assert!(
+        p.matches(&parse("[::ffff:127.0.0.1]")),
+        "IPv4-mapped form of the same address"
+    );
     assert!(!p.matches(&parse("127.0.0.2")));
     assert!(!p.matches(&parse("localhost")));
     let v6 = pattern("[2001:db8::1]");
@@ -276,11 +371,13 @@ impl XorShift {
     /// A short string over characters that matter to host parsing.
     fn host_like(&mut self) -> String {
         const ALPHABET: &[&str] = &[
-            "0", "1", "7", "9", "a", "f", "x", "X", "g", "z", "A", ".", ".", ":", "[", "]", "-", "_",
-            "*", "é", " ", "0x", "255", "127", "%",
+            "0", "1", "7", "9", "a", "f", "x", "X", "g", "z", "A", ".", ".", ":", "[", "]", "-",
+            "_", "*", "é", " ", "0x", "255", "127", "%",
         ];
         let len = self.below(14);
-        (0..len).map(|_| ALPHABET[self.below(ALPHABET.len())]).collect()
+        (0..len)
+            .map(|_| ALPHABET[self.below(ALPHABET.len())])
+            .collect()
     }
 }
 
@@ -294,7 +391,10 @@ fn host_parse_is_idempotent_through_display_for_random_inputs() {
                 .unwrap_or_else(|e| panic!("{s:?} -> {host} does not reparse: {e}"));
             assert_eq!(again, host, "{s:?}");
             if let Host::Name(n) = &host {
-                assert!(!n.ends_with('.') && n.bytes().all(|b| !b.is_ascii_uppercase()), "{s:?}");
+                assert!(
+                    !n.ends_with('.') && n.bytes().all(|b| !b.is_ascii_uppercase()),
+                    "{s:?}"
+                );
             }
         }
         // These must never panic, whatever the input.

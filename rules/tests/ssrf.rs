@@ -104,6 +104,8 @@ fn classify_ip_judges_ipv6_forms_by_the_ipv4_address_they_embed() {
         ("64:ff9b:1::7f00:1", Some(Loopback)),
         ("64:ff9b:1:7f00:1::", Some(Loopback)),
         ("64:ff9b:1::808:808", None),
+        ("64:ff9b:1:808:8:800::", None),
+        ("64:ff9b:1:a9fe:a9:fe00::", Some(Metadata)),
         // 6to4
         ("2002:7f00:1::", Some(Loopback)),
         ("2002:c0a8:101::1", Some(Private)),

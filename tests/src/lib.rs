@@ -21,7 +21,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +54,12 @@ pub struct OriginPki {
     pub key_der: Vec<u8>,
 }
 
-pub const ORIGIN_NAMES: &[&str] = &["api.openai.com", "api.anthropic.com", "localhost", "origin.test"];
+pub const ORIGIN_NAMES: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "localhost",
+    "origin.test",
+];
 
 impl OriginPki {
     pub fn new() -> OriginPki {
@@ -64,13 +71,18 @@ impl OriginPki {
         let mut cap = CertificateParams::new(Vec::<String>::new()).unwrap();
         cap.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         cap.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        cap.distinguished_name.push(DnType::CommonName, "Test Origin CA");
+        cap.distinguished_name
+            .push(DnType::CommonName, "Test Origin CA");
         let ca_cert = cap.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(cap, ca_key);
         let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut lp = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut lp =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         lp.subject_alt_names
-            .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+            .push(SanType::IpAddress(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::LOCALHOST,
+            )));
         lp.distinguished_name.push(DnType::CommonName, names[0]);
         let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -148,17 +160,22 @@ impl Origin {
         let (s2, g2) = (seen.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let (seen, gate, tls) = (s2.clone(), g2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle_origin(req, seen.clone(), gate.clone()));
                     match tls {
                         Some(cfg) => {
-                            let Ok(stream) = TlsAcceptor::from(cfg).accept(tcp).await else { return };
+                            let Ok(stream) = TlsAcceptor::from(cfg).accept(tcp).await else {
+                                return;
+                            };
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                                let _ =
+                                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                        .serve_connection(TokioIo::new(stream), svc)
+                                        .await;
                             } else {
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(TokioIo::new(stream), svc)
@@ -176,7 +193,12 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, seen, gate, task }
+        Origin {
+            addr,
+            seen,
+            gate,
+            task,
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -190,7 +212,10 @@ pub struct ChannelBody(mpsc::Receiver<Bytes>);
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -222,13 +247,22 @@ fn sse(events: Vec<String>) -> Response<BoxBody> {
         .unwrap()
 }
 
-async fn handle_origin(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, gate: Arc<Semaphore>) -> Result<Response<BoxBody>, Infallible> {
+async fn handle_origin(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<Semaphore>,
+) -> Result<Response<BoxBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
     let headers = req.headers().clone();
     let version = req.version();
     let upgrade = hyper::upgrade::on(&mut req);
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),
@@ -236,7 +270,8 @@ async fn handle_origin(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, 
         version,
         body: body.clone(),
     });
-    let body_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let body_json: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let stream = body_json["stream"].as_bool().unwrap_or(false);
     let model = body_json["model"].as_str().unwrap_or("unknown").to_owned();
     let resp = match (method.as_str(), path.as_str()) {
@@ -262,15 +297,36 @@ async fn handle_origin(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, 
         })),
         ("POST", "/v1/messages") if stream => {
             let events = [
-                ("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 7, "output_tokens": 1}}})),
-                ("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
-                ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
-                ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from the origin"}})),
-                ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
-                ("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})),
+                (
+                    "message_start",
+                    serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+                ),
+                (
+                    "content_block_start",
+                    serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                (
+                    "content_block_delta",
+                    serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+                ),
+                (
+                    "content_block_delta",
+                    serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from the origin"}}),
+                ),
+                (
+                    "content_block_stop",
+                    serde_json::json!({"type": "content_block_stop", "index": 0}),
+                ),
+                (
+                    "message_delta",
+                    serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+                ),
                 ("message_stop", serde_json::json!({"type": "message_stop"})),
             ];
-            sse(events.iter().map(|(n, d)| format!("event: {n}\ndata: {d}\n\n")).collect())
+            sse(events
+                .iter()
+                .map(|(n, d)| format!("event: {n}\ndata: {d}\n\n"))
+                .collect())
         }
         ("POST", "/v1/messages") => json(serde_json::json!({
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
@@ -282,7 +338,11 @@ async fn handle_origin(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, 
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(async move {
                 for i in 0..5 {
-                    if tx.send(Bytes::from(format!("data: event-{i}\n\n"))).await.is_err() {
+                    if tx
+                        .send(Bytes::from(format!("data: event-{i}\n\n")))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     if i < 4 {
@@ -473,7 +533,11 @@ impl TestProxy {
 
     /// CONNECT through the proxy; returns the stream after `200` or the raw
     /// refusal response text.
-    pub async fn connect(&self, target: &str, auth: Option<(&str, &str)>) -> Result<TcpStream, String> {
+    pub async fn connect(
+        &self,
+        target: &str,
+        auth: Option<(&str, &str)>,
+    ) -> Result<TcpStream, String> {
         let mut s = TcpStream::connect(self.addr).await.unwrap();
         let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
         if let Some((a, t)) = auth {
@@ -492,7 +556,12 @@ impl TestProxy {
     }
 
     /// CONNECT + TLS (trusting the proxy CA) with the given SNI and ALPN.
-    pub async fn tunnel_tls(&self, target: &str, sni: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    pub async fn tunnel_tls(
+        &self,
+        target: &str,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = self.connect(target, Some((AGENT, TOKEN))).await.unwrap();
         tls_client(tcp, &self.ca_roots, sni, alpn).await.unwrap()
     }
@@ -508,7 +577,9 @@ impl TestProxy {
 
 fn rustls_pki_types_iter(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem).map(|c| c.unwrap()).collect()
+    CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
 }
 
 pub fn basic(agent: &str, token: &str) -> String {
@@ -560,7 +631,9 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     }
 
@@ -569,7 +642,10 @@ impl RawResponse {
     }
 
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
@@ -599,7 +675,10 @@ pub async fn read_response_keep_open<S: tokio::io::AsyncRead + Unpin>(s: &mut S)
         body: Vec::new(),
         closed: false,
     };
-    if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0u8; len];
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
         resp.body = body;
@@ -609,7 +688,8 @@ pub async fn read_response_keep_open<S: tokio::io::AsyncRead + Unpin>(s: &mut S)
     {
         loop {
             let line = read_line(s).await;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).unwrap_or(0);
+            let size =
+                usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).unwrap_or(0);
             if size == 0 {
                 let _ = read_line(s).await;
                 break;

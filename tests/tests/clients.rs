@@ -44,16 +44,29 @@ except openai.PermissionDeniedError as e:
 "#;
     let proxy = std::sync::Arc::new(proxy);
     let p = proxy.clone();
-    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || run_python(&p, script)).await.unwrap();
+    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || run_python(&p, script))
+        .await
+        .unwrap();
     assert!(ok, "python failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("NONSTREAM:Hello from the origin"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("STREAM:Hello from the origin"), "{stdout}\n{stderr}");
-    let denied = stdout.lines().find(|l| l.starts_with("DENIED:")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        stdout.contains("NONSTREAM:Hello from the origin"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("STREAM:Hello from the origin"),
+        "{stdout}\n{stderr}"
+    );
+    let denied = stdout
+        .lines()
+        .find(|l| l.starts_with("DENIED:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(denied.contains("path_not_allowed"), "{denied}");
     assert!(denied.contains("Error code: 403"), "{denied}");
     let seen = origin.seen();
     assert_eq!(seen.len(), 2, "only the two allowed calls reach the origin");
-    assert!(seen.iter().all(|s| s.headers["authorization"] == "Bearer sk-agent-own-key"));
+    assert!(seen
+        .iter()
+        .all(|s| s.headers["authorization"] == "Bearer sk-agent-own-key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +82,18 @@ with c.messages.stream(model="claude-3-5-haiku-latest", max_tokens=32, messages=
 "#;
     let proxy = std::sync::Arc::new(proxy);
     let p = proxy.clone();
-    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || run_python(&p, script)).await.unwrap();
+    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || run_python(&p, script))
+        .await
+        .unwrap();
     assert!(ok, "python failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("NONSTREAM:Hello from the origin"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("STREAM:Hello from the origin"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("NONSTREAM:Hello from the origin"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("STREAM:Hello from the origin"),
+        "{stdout}\n{stderr}"
+    );
     assert_eq!(origin.seen().len(), 2);
     assert!(origin.seen().iter().all(|s| s.path == "/v1/messages"));
 }
@@ -104,8 +125,32 @@ async fn curl_h1_and_h2_allowed_denied_and_unauthenticated() {
         let url = p.proxy_url(AGENT, TOKEN);
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
         let chat = "https://api.openai.com/v1/chat/completions";
-        let h1 = curl(&p, &["--http1.1", "-i", "-H", "content-type: application/json", "-d", body, chat], &url);
-        let h2 = curl(&p, &["--http2", "-i", "-H", "content-type: application/json", "-d", body, chat], &url);
+        let h1 = curl(
+            &p,
+            &[
+                "--http1.1",
+                "-i",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                chat,
+            ],
+            &url,
+        );
+        let h2 = curl(
+            &p,
+            &[
+                "--http2",
+                "-i",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                chat,
+            ],
+            &url,
+        );
         let denied = curl(&p, &["-i", "https://api.openai.com/v1/files"], &url);
         let unauth = curl(&p, &["-i", chat], &format!("http://{}", p.addr));
         (h1, h2, denied, unauth)
@@ -114,16 +159,34 @@ async fn curl_h1_and_h2_allowed_denied_and_unauthenticated() {
     .unwrap();
     let (h1, h2, denied, unauth) = results;
     assert_eq!(h1.2, 0, "{h1:?}");
-    assert!(h1.0.starts_with("HTTP/1.1 200") || h1.0.contains("\nHTTP/1.1 200"), "{}", h1.0);
-    assert!(h1.0.to_ascii_lowercase().contains("x-portcullis-event-id"), "{}", h1.0);
+    assert!(
+        h1.0.starts_with("HTTP/1.1 200") || h1.0.contains("\nHTTP/1.1 200"),
+        "{}",
+        h1.0
+    );
+    assert!(
+        h1.0.to_ascii_lowercase().contains("x-portcullis-event-id"),
+        "{}",
+        h1.0
+    );
     assert!(h1.0.contains("Hello from the origin"));
     assert_eq!(h2.2, 0, "{h2:?}");
     assert!(h2.0.contains("HTTP/2 200"), "{}", h2.0);
     assert!(denied.0.contains(" 403"), "{}", denied.0);
-    assert!(denied.0.contains("\"code\":\"path_not_allowed\""), "{}", denied.0);
+    assert!(
+        denied.0.contains("\"code\":\"path_not_allowed\""),
+        "{}",
+        denied.0
+    );
     assert_ne!(unauth.2, 0);
-    assert!(unauth.0.contains("407") || unauth.1.contains("407"), "{unauth:?}");
+    assert!(
+        unauth.0.contains("407") || unauth.1.contains("407"),
+        "{unauth:?}"
+    );
     let seen = origin.seen();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().any(|s| s.version == http::Version::HTTP_2), "upstream leg should use h2 when offered");
+    assert!(
+        seen.iter().any(|s| s.version == http::Version::HTTP_2),
+        "upstream leg should use h2 when offered"
+    );
 }

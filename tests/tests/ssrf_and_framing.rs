@@ -24,7 +24,12 @@ hosts = ["localhost"]
 
 /// CONNECT `target`, do TLS for `ip` (IP SAN, no SNI), send one request and
 /// return the response.
-async fn via_ip_literal(proxy: &TestProxy, target: &str, ip: IpAddr, host_header: &str) -> RawResponse {
+async fn via_ip_literal(
+    proxy: &TestProxy,
+    target: &str,
+    ip: IpAddr,
+    host_header: &str,
+) -> RawResponse {
     let tcp = proxy.connect(target, Some((AGENT, TOKEN))).await.unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -50,9 +55,21 @@ async fn ip_literal_destinations_in_every_spelling_are_ssrf_blocked() {
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let cases: &[(&str, IpAddr, &str)] = &[
         ("127.0.0.1:443", lo, "127.0.0.1"),
-        ("169.254.169.254:443", "169.254.169.254".parse().unwrap(), "169.254.169.254"),
-        ("100.100.100.200:443", "100.100.100.200".parse().unwrap(), "100.100.100.200"),
-        ("[::ffff:127.0.0.1]:443", "::ffff:127.0.0.1".parse().unwrap(), "[::ffff:127.0.0.1]"),
+        (
+            "169.254.169.254:443",
+            "169.254.169.254".parse().unwrap(),
+            "169.254.169.254",
+        ),
+        (
+            "100.100.100.200:443",
+            "100.100.100.200".parse().unwrap(),
+            "100.100.100.200",
+        ),
+        (
+            "[::ffff:127.0.0.1]:443",
+            "::ffff:127.0.0.1".parse().unwrap(),
+            "[::ffff:127.0.0.1]",
+        ),
         ("2130706433:443", lo, "2130706433"),
         ("0177.0.0.1:443", lo, "0177.0.0.1"),
         ("0x7f.0.0.1:443", lo, "0x7f.0.0.1"),
@@ -81,9 +98,18 @@ async fn name_resolving_to_loopback_is_ssrf_blocked() {
 #[tokio::test]
 async fn ip_literal_without_a_route_naming_it_is_refused() {
     let (proxy, _origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
-    let err = proxy.connect("10.0.0.1:8080", Some((AGENT, TOKEN))).await.unwrap_err();
+    let err = proxy
+        .connect("10.0.0.1:8080", Some((AGENT, TOKEN)))
+        .await
+        .unwrap_err();
     assert!(err.starts_with("HTTP/1.1 403"), "{err}");
-    let resp = via_ip_literal(&proxy, "127.0.0.1:443", "127.0.0.1".parse().unwrap(), "127.0.0.1").await;
+    let resp = via_ip_literal(
+        &proxy,
+        "127.0.0.1:443",
+        "127.0.0.1".parse().unwrap(),
+        "127.0.0.1",
+    )
+    .await;
     assert_eq!(resp.status, 403);
 }
 
@@ -108,7 +134,10 @@ allow_private = ["127.0.0.0/8", "::1"]
     let proxy = TestProxy::start(&cfg, dir).await;
     let target = format!("localhost:{}", origin.addr.port());
     let resp = proxy
-        .h1_request(&target, &format!("GET /hi HTTP/1.1\r\nHost: {target}\r\n\r\n"))
+        .h1_request(
+            &target,
+            &format!("GET /hi HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+        )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.head);
     assert_eq!(origin.seen().len(), 1);
@@ -139,16 +168,24 @@ async fn smuggling_payloads_get_their_status_and_a_closed_connection() {
         (format!("GET /echo HTTP/1.1\r\n{h}X-Big: {}\r\n\r\n", "a".repeat(70_000)), 431, "head_too_large"),
     ];
     for (payload, status, code) in &table {
-        let mut tls = proxy.tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"]).await;
+        let mut tls = proxy
+            .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+            .await;
         tls.write_all(payload.as_bytes()).await.unwrap();
         let resp = read_response(&mut tls).await;
         assert_eq!(resp.status, *status, "{code}: {}", resp.head);
         assert_eq!(resp.error_code(), "bad_framing", "{code}");
-        let msg = resp.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+        let msg = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         assert!(msg.contains(code), "{code}: {msg}");
         assert!(resp.closed, "{code}: connection left open");
     }
-    assert!(origin.seen().is_empty(), "a smuggled request reached the origin");
+    assert!(
+        origin.seen().is_empty(),
+        "a smuggled request reached the origin"
+    );
 }
 
 #[tokio::test]
@@ -171,7 +208,9 @@ async fn smuggling_on_the_proxy_connection_itself_is_refused() {
 #[tokio::test]
 async fn pipelined_request_after_a_valid_one_is_still_checked() {
     let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
-    let mut tls = proxy.tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"]).await;
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
     tls.write_all(
         b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\n\r\nGET /echo HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nX",
     )

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one test command (README "Test it"). On a fresh Debian machine it
+# installs what the tests need, then runs every check and every test:
+#   - Debian packages: curl (a real client) and python3-venv, if missing;
+#   - a Python venv at ./.venv with the pinned openai / anthropic SDKs;
+#   - cargo fmt --check, cargo clippy -D warnings, then cargo test for the
+#     whole workspace (the e2e suite finds the venv through PORTCULLIS_TEST_PYTHON).
+# Nothing is skipped when a tool is missing: setup fails loudly instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# Versions the SDK tests are pinned to.
+OPENAI_VERSION=3.54.0
+ANTHROPIC_VERSION=2.12.0
+HTTPX_VERSION=0.28.1
+
+need_pkgs=()
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_pkgs[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+venv="$root/.venv"
+stamp="$venv/.portcullis-sdk-$OPENAI_VERSION-$ANTHROPIC_VERSION-$HTTPX_VERSION"
+if [ ! -f "$stamp" ]; then
+  say "creating the SDK venv in .venv (openai==$OPENAI_VERSION anthropic==$ANTHROPIC_VERSION)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "httpx==$HTTPX_VERSION"
+  touch "$stamp"
+fi
+export PORTCULLIS_TEST_PYTHON="$venv/bin/python"
+"$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test (workspace)"
+cargo test --workspace --locked --no-fail-fast
