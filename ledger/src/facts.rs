@@ -192,7 +192,9 @@ mod tests {
     fn event_ids_are_128_bit_lowercase_hex_and_distinct() {
         let a = new_event_id();
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert_ne!(a, new_event_id());
     }
 }

@@ -352,7 +352,10 @@ pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
 
 /// Encode `record` canonically, hash it chained from `prev`, and return the full line
 /// (with `hash` and the trailing newline) plus its hash.
-pub fn seal<T: Serialize>(record: &T, prev: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
+pub fn seal<T: Serialize>(
+    record: &T,
+    prev: &[u8; 32],
+) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
     let body = serde_json::to_vec(record)?;
     let hash = chain_hash(prev, &body);
     let mut line = body;
@@ -381,8 +384,12 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
             "not a ledger record: the line must be a JSON object ending with its \"hash\" member",
         ));
     }
-    let hash = decode_hash(&line[n - 66..n - 2])
-        .ok_or_else(|| LineFault::new(TamperKind::NonCanonical, "\"hash\" is not 64 lowercase hex digits"))?;
+    let hash = decode_hash(&line[n - 66..n - 2]).ok_or_else(|| {
+        LineFault::new(
+            TamperKind::NonCanonical,
+            "\"hash\" is not 64 lowercase hex digits",
+        )
+    })?;
     let mut body = Vec::with_capacity(n - HASH_MEMBER_LEN + 1);
     body.extend_from_slice(&line[..n - HASH_MEMBER_LEN]);
     body.push(b'}');
@@ -393,7 +400,10 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
     }
     let peek: Peek = serde_json::from_slice(&body).map_err(|e| json_fault(&e))?;
     let kind: Kind = serde_json::from_value(peek.kind.clone()).map_err(|_| {
-        LineFault::new(TamperKind::Schema, format!("unknown record kind {}", peek.kind))
+        LineFault::new(
+            TamperKind::Schema,
+            format!("unknown record kind {}", peek.kind),
+        )
     })?;
     let entry = match kind {
         Kind::Segment => serde_json::from_slice(&body).map(Entry::Header),
@@ -405,7 +415,10 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
     }
     .map_err(|e| json_fault(&e))?;
     if entry.declared_kind() != kind {
-        return Err(LineFault::new(TamperKind::Schema, "conflicting \"kind\" members"));
+        return Err(LineFault::new(
+            TamperKind::Schema,
+            "conflicting \"kind\" members",
+        ));
     }
     let canonical = entry
         .encode_body()
@@ -422,8 +435,12 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedLine, LineFault> {
             "\"ts\" is not of the form YYYY-MM-DDTHH:MM:SS.mmmZ",
         ));
     }
-    let prev = decode_hash(entry.prev().as_bytes())
-        .ok_or_else(|| LineFault::new(TamperKind::NonCanonical, "\"prev\" is not 64 lowercase hex digits"))?;
+    let prev = decode_hash(entry.prev().as_bytes()).ok_or_else(|| {
+        LineFault::new(
+            TamperKind::NonCanonical,
+            "\"prev\" is not 64 lowercase hex digits",
+        )
+    })?;
     if chain_hash(&prev, &body) != hash {
         return Err(LineFault::new(
             TamperKind::HashMismatch,
@@ -458,7 +475,13 @@ pub fn decode_hash(hex_digits: &[u8]) -> Option<[u8; 32]> {
 }
 
 /// The bytes a checkpoint signs: the domain tag, then the compact JSON of the claim.
-pub fn checkpoint_message(replica: &str, segment: u64, head_seq: u64, head_hash: &str, ts: &str) -> Vec<u8> {
+pub fn checkpoint_message(
+    replica: &str,
+    segment: u64,
+    head_seq: u64,
+    head_hash: &str,
+    ts: &str,
+) -> Vec<u8> {
     #[derive(Serialize)]
     struct Claim<'a> {
         replica: &'a str,
@@ -542,10 +565,7 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Split file bytes into complete lines (without `\n`) and the length of a trailing
 /// partial line (0 when the file ends with a newline).
 pub(crate) fn split_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
-    let complete = bytes
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let lines = if complete == 0 {
         Vec::new()
     } else {
@@ -598,7 +618,9 @@ mod tests {
     fn non_canonical_spacing_is_rejected() {
         let prev = [0u8; 32];
         let (line, _) = seal(&header(&prev), &prev).expect("seal");
-        let text = String::from_utf8(line).expect("utf8").replacen(",", ", ", 1);
+        let text = String::from_utf8(line)
+            .expect("utf8")
+            .replacen(",", ", ", 1);
         let fault = parse_line(text.trim_end().as_bytes()).expect_err("must fail");
         assert_eq!(fault.kind, TamperKind::NonCanonical);
     }
@@ -633,9 +655,11 @@ mod tests {
             prev: hex::encode(prev),
         };
         let (line, _) = seal(&rec, &prev).expect("seal");
-        let text = String::from_utf8(line)
-            .expect("utf8")
-            .replacen("\"kind\":\"decision\",", "\"kind\":\"decision\",\"tenant\":null,", 1);
+        let text = String::from_utf8(line).expect("utf8").replacen(
+            "\"kind\":\"decision\",",
+            "\"kind\":\"decision\",\"tenant\":null,",
+            1,
+        );
         let fault = parse_line(text.trim_end().as_bytes()).expect_err("must fail");
         assert_eq!(fault.kind, TamperKind::NonCanonical, "{}", fault.why);
     }

@@ -114,7 +114,10 @@ pub(crate) fn read_public_keys(path: &Path) -> Result<Vec<VerifyingKey>, LedgerE
         keys.push(parse_public_key(line).ok_or_else(|| {
             LedgerError::key(
                 path,
-                format!("line {}: expected an Ed25519 public key as 64 hex digits", n + 1),
+                format!(
+                    "line {}: expected an Ed25519 public key as 64 hex digits",
+                    n + 1
+                ),
             )
         })?);
     }

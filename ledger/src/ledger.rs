@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::format::CheckpointRecord;
 use crate::writer::{self, Cmd, Hooks, RecordInput, WriterState};
@@ -16,6 +16,7 @@ use crate::{ConfigFacts, DecisionFacts, LedgerError, OutcomeFacts};
 /// When an append counts as done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum SyncMode {
     /// After the batch holding the record was `fdatasync`ed (the default).
     #[default]
@@ -131,15 +132,26 @@ pub(crate) struct Stats {
 }
 
 /// State shared by the handles and the writer.
-#[derive(Default)]
 pub(crate) struct Shared {
     /// Set once, on the first write failure: the ledger never writes again.
     fatal: OnceLock<String>,
     /// The queue was full; cleared when the writer drains it.
     pub(crate) saturated: AtomicBool,
     pub(crate) closed: AtomicBool,
-    head: Mutex<Option<CheckpointInfo>>,
+    head: watch::Sender<Option<CheckpointInfo>>,
     pub(crate) stats: Stats,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            fatal: OnceLock::new(),
+            saturated: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            head: watch::Sender::new(None),
+            stats: Stats::default(),
+        }
+    }
 }
 
 impl Shared {
@@ -152,14 +164,11 @@ impl Shared {
     }
 
     pub(crate) fn head(&self) -> Option<CheckpointInfo> {
-        self.head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.head.borrow().clone()
     }
 
     pub(crate) fn set_head(&self, cp: CheckpointInfo) {
-        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = Some(cp);
+        self.head.send_replace(Some(cp));
     }
 }
 
@@ -185,7 +194,10 @@ impl Ledger {
         Self::open_with(opts, Hooks::default()).await
     }
 
-    pub(crate) async fn open_with(opts: LedgerOptions, hooks: Hooks) -> Result<Ledger, LedgerError> {
+    pub(crate) async fn open_with(
+        opts: LedgerOptions,
+        hooks: Hooks,
+    ) -> Result<Ledger, LedgerError> {
         validate(&opts)?;
         let shared = Arc::new(Shared::default());
         let now = tokio::time::Instant::now();
@@ -194,7 +206,9 @@ impl Ledger {
             let shared = shared.clone();
             tokio::task::spawn_blocking(move || WriterState::open(&opts, hooks, shared, now))
                 .await
-                .map_err(|e| LedgerError::Unhealthy(format!("ledger start-up stopped unexpectedly: {e}")))??
+                .map_err(|e| {
+                    LedgerError::Unhealthy(format!("ledger start-up stopped unexpectedly: {e}"))
+                })??
         };
         let (tx, rx) = mpsc::channel(capacity);
         tokio::spawn(writer::run(state, rx, shared.clone()));
@@ -265,7 +279,9 @@ impl Ledger {
         } else if shared.closed.load(Ordering::SeqCst) {
             Health::Unhealthy("ledger is shut down".into())
         } else if shared.saturated.load(Ordering::SeqCst) {
-            Health::Unhealthy("ledger queue is full; appends are refused until the writer catches up".into())
+            Health::Unhealthy(
+                "ledger queue is full; appends are refused until the writer catches up".into(),
+            )
         } else {
             Health::Healthy
         }
@@ -274,6 +290,12 @@ impl Ledger {
     /// The latest checkpoint copied to `checkpoints.log` (for `/v1/ledger/head`).
     pub fn head(&self) -> Option<CheckpointInfo> {
         self.inner.shared.head()
+    }
+
+    /// Follow new checkpoints as they are written, e.g. to copy them to a webhook sink
+    /// (SPEC §7) or an outside store for `--trusted-checkpoint`.
+    pub fn watch_head(&self) -> watch::Receiver<Option<CheckpointInfo>> {
+        self.inner.shared.head.subscribe()
     }
 
     /// Write a final checkpoint, sync, seal the active segment and stop the writer.
@@ -345,11 +367,16 @@ fn validate(opts: &LedgerOptions) -> Result<(), LedgerError> {
             "invalid replica id {id:?}: use 1 to 64 characters from A-Z a-z 0-9 - _ ."
         )));
     }
-    if opts.channel_capacity == 0 {
-        return Err(LedgerError::Usage("ledger channel_capacity must be at least 1".into()));
+    // tokio's bounded channel panics beyond its semaphore limit; stay far below it.
+    if opts.channel_capacity == 0 || opts.channel_capacity > 1 << 24 {
+        return Err(LedgerError::Usage(
+            "ledger channel_capacity must be between 1 and 16777216".into(),
+        ));
     }
     if opts.checkpoint_every == 0 {
-        return Err(LedgerError::Usage("ledger checkpoint_every must be at least 1".into()));
+        return Err(LedgerError::Usage(
+            "ledger checkpoint_every must be at least 1".into(),
+        ));
     }
     Ok(())
 }

@@ -44,8 +44,9 @@
 //! ts)` ([`format::checkpoint_message`]). Once the segment holding it is synced, the same
 //! line is appended to `checkpoints.log`. Deleting the tail of the chain then leaves a
 //! checkpoint pointing past its end; a full rewrite cannot be re-signed without the key; a
-//! rollback of everything is caught with a checkpoint kept elsewhere (`--trusted-checkpoint`,
-//! [`Ledger::head`]).
+//! rollback of everything is caught with a checkpoint kept elsewhere (`--trusted-checkpoint`).
+//! [`Ledger::head`] returns the latest checkpoint (for `/v1/ledger/head`) and
+//! [`Ledger::watch_head`] follows them (for the webhook sink).
 //!
 //! # Group commit and fail closed
 //!
@@ -54,8 +55,9 @@
 //! `fdatasync` for the whole batch, then wakes every waiter. With [`SyncMode::Always`] (the
 //! default) an append resolves after the sync; with [`SyncMode::Batch`] after the write, and
 //! the data is synced within `sync_interval`. A full channel refuses the append at once
-//! ([`LedgerError::Backpressure`]); a write or sync error refuses it and every later one, and
-//! [`Ledger::health`] turns unhealthy with the reason. The proxy answers `503` either way.
+//! ([`LedgerError::Backpressure`]) and [`Ledger::health`] is unhealthy until the writer has
+//! drained the queue; a write or sync error refuses the append and every later one, and the
+//! ledger stays unhealthy with the reason. The proxy answers `503` either way.
 //!
 //! # Recovery
 //!
@@ -89,9 +91,7 @@ pub use facts::{
     new_event_id, ConfigFacts, DecisionFacts, OutcomeFacts, MAX_FIELD_BYTES, MAX_LIST_ITEMS,
     MAX_PATH_TEMPLATE_BYTES,
 };
-pub use ledger::{
-    Appended, CheckpointInfo, Health, Ledger, LedgerOptions, LedgerStats, SyncMode,
-};
+pub use ledger::{Appended, CheckpointInfo, Health, Ledger, LedgerOptions, LedgerStats, SyncMode};
 pub use verify::{
     verify, ChainReport, KeySource, Location, TamperKind, VerifyOptions, VerifyOutcome,
     VerifyReport,

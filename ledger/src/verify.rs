@@ -199,7 +199,10 @@ impl fmt::Display for VerifyOutcome {
                 kind,
                 why,
                 report,
-            } => write!(f, "ledger TAMPERED at {first_bad}: {why} [{kind}]\n{report}"),
+            } => write!(
+                f,
+                "ledger TAMPERED at {first_bad}: {why} [{kind}]\n{report}"
+            ),
         }
     }
 }
@@ -265,7 +268,9 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyOutcome, Ledger
                 let key_path = target.dir.join(PUBKEY_FILE);
                 match keys::read_public_keys(&key_path) {
                     Ok(keys) => chain_keys.push(keys),
-                    Err(LedgerError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    Err(LedgerError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
                         return Err(LedgerError::Usage(format!(
                             "no public key: {} does not exist; pass --pubkey FILE (see `portcullis ledger pubkey`)",
                             key_path.display()
@@ -296,9 +301,9 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyOutcome, Ledger
 
     if let Some(trusted_path) = &opts.trusted_checkpoint {
         let trusted = read_trusted(trusted_path)?;
-        let index = scans
-            .iter()
-            .position(|(s, _)| s.report.replica.as_deref() == Some(trusted.record.replica.as_str()));
+        let index = scans.iter().position(|(s, _)| {
+            s.report.replica.as_deref() == Some(trusted.record.replica.as_str())
+        });
         match index {
             None => {
                 let finding = Finding {
@@ -326,7 +331,11 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyOutcome, Ledger
                         trusted_path.display()
                     )));
                 }
-                if slot.is_none() {
+                if scan.target.single_file {
+                    notes.push(
+                        "the trusted checkpoint is not checked against a single segment; pass the ledger directory".into(),
+                    );
+                } else if slot.is_none() {
                     *slot = scan.check_trusted(&trusted, trusted_path).err();
                 }
             }
@@ -427,7 +436,8 @@ fn find_chains(path: &Path, is_file: bool) -> Result<Vec<Target>, LedgerError> {
             single_file: true,
         }]);
     }
-    let list = |dir: &Path| format::list_segments(dir).map_err(|e| LedgerError::io("listing", dir, e));
+    let list =
+        |dir: &Path| format::list_segments(dir).map_err(|e| LedgerError::io("listing", dir, e));
     let segments = list(path)?;
     if !segments.is_empty() {
         return Ok(vec![Target {
@@ -502,13 +512,16 @@ struct Trusted {
 }
 
 fn read_trusted(path: &Path) -> Result<Trusted, LedgerError> {
-    let text = fs::read_to_string(path).map_err(|e| LedgerError::io("reading trusted checkpoint", path, e))?;
+    let text = fs::read_to_string(path)
+        .map_err(|e| LedgerError::io("reading trusted checkpoint", path, e))?;
     let (line_no, line) = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .last()
-        .ok_or_else(|| LedgerError::Usage(format!("{} holds no checkpoint line", path.display())))?;
+        .ok_or_else(|| {
+            LedgerError::Usage(format!("{} holds no checkpoint line", path.display()))
+        })?;
     let line = line.trim();
     let parsed = format::parse_line(line.as_bytes()).map_err(|f| {
         LedgerError::Usage(format!(
@@ -538,7 +551,8 @@ fn signature_ok(keys: &[VerifyingKey], cp: &CheckpointRecord) -> bool {
         return false;
     }
     let sig = Signature::from_bytes(&sig);
-    let msg = format::checkpoint_message(&cp.replica, cp.segment, cp.head_seq, &cp.head_hash, &cp.ts);
+    let msg =
+        format::checkpoint_message(&cp.replica, cp.segment, cp.head_seq, &cp.head_hash, &cp.ts);
     keys.iter().any(|k| k.verify_strict(&msg, &sig).is_ok())
 }
 
@@ -615,7 +629,13 @@ impl<'k> ChainScan<'k> {
         Ok(())
     }
 
-    fn scan_segment(&mut self, index: u64, path: &Path, last: bool, notes: &mut Vec<String>) -> Result<(), Halt> {
+    fn scan_segment(
+        &mut self,
+        index: u64,
+        path: &Path,
+        last: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<(), Halt> {
         if !last && fs::metadata(path).is_ok_and(|m| !m.permissions().readonly()) {
             notes.push(format!("{} is sealed but still writable", path.display()));
         }
@@ -644,7 +664,11 @@ impl<'k> ChainScan<'k> {
         let header_at = at(1, None);
         let parsed = format::parse_line(first).map_err(|f| bad(&header_at, f.kind, f.why))?;
         let Entry::Header(header) = parsed.entry else {
-            return Err(bad(&header_at, TamperKind::Schema, "the first line of a segment must be its header"));
+            return Err(bad(
+                &header_at,
+                TamperKind::Schema,
+                "the first line of a segment must be its header",
+            ));
         };
         if header.version != FORMAT_VERSION {
             return Err(bad(
@@ -657,7 +681,10 @@ impl<'k> ChainScan<'k> {
             return Err(bad(
                 &header_at,
                 TamperKind::SegmentSplice,
-                format!("the header says segment {} but the file is segment {index}", header.segment),
+                format!(
+                    "the header says segment {} but the file is segment {index}",
+                    header.segment
+                ),
             ));
         }
         match &self.report.replica {
@@ -666,7 +693,10 @@ impl<'k> ChainScan<'k> {
                 return Err(bad(
                     &header_at,
                     TamperKind::SegmentSplice,
-                    format!("segment of replica {:?} inside the chain of replica {r:?}", header.replica),
+                    format!(
+                        "segment of replica {:?} inside the chain of replica {r:?}",
+                        header.replica
+                    ),
                 ));
             }
             Some(_) => {}
@@ -695,7 +725,10 @@ impl<'k> ChainScan<'k> {
                 return Err(bad(
                     &header_at,
                     TamperKind::SegmentSplice,
-                    format!("the first segment starts at seq {} instead of 1", header.first_seq),
+                    format!(
+                        "the first segment starts at seq {} instead of 1",
+                        header.first_seq
+                    ),
                 ));
             }
             _ => {}
@@ -708,7 +741,8 @@ impl<'k> ChainScan<'k> {
         for (i, line) in lines.iter().enumerate().skip(1) {
             let line_no = i + 1;
             let expected = self.expected_seq.unwrap_or(header.first_seq);
-            let parsed = format::parse_line(line).map_err(|f| bad(&at(line_no, Some(expected)), f.kind, f.why))?;
+            let parsed = format::parse_line(line)
+                .map_err(|f| bad(&at(line_no, Some(expected)), f.kind, f.why))?;
             let Some(seq) = parsed.entry.seq() else {
                 return Err(bad(
                     &at(line_no, None),
@@ -752,12 +786,23 @@ impl<'k> ChainScan<'k> {
         Ok(())
     }
 
-    fn check_checkpoint(&self, cp: &CheckpointRecord, index: u64, here: &Location) -> Result<(), Halt> {
+    fn check_checkpoint(
+        &self,
+        cp: &CheckpointRecord,
+        index: u64,
+        here: &Location,
+    ) -> Result<(), Halt> {
         let replica = self.report.replica.as_deref().unwrap_or_default();
         let why = if cp.replica != replica {
-            Some(format!("checkpoint names replica {:?} in the chain of {replica:?}", cp.replica))
+            Some(format!(
+                "checkpoint names replica {:?} in the chain of {replica:?}",
+                cp.replica
+            ))
         } else if cp.segment != index {
-            Some(format!("checkpoint names segment {} but sits in segment {index}", cp.segment))
+            Some(format!(
+                "checkpoint names segment {} but sits in segment {index}",
+                cp.segment
+            ))
         } else if cp.head_seq + 1 != cp.seq || cp.head_hash != cp.prev {
             Some("checkpoint does not sign the record right before it".to_owned())
         } else {
@@ -809,7 +854,11 @@ impl<'k> ChainScan<'k> {
             };
             let parsed = format::parse_line(line).map_err(|f| bad(&here, f.kind, f.why))?;
             let Entry::Checkpoint(cp) = parsed.entry else {
-                return Err(bad(&here, TamperKind::CheckpointLog, "not a checkpoint record"));
+                return Err(bad(
+                    &here,
+                    TamperKind::CheckpointLog,
+                    "not a checkpoint record",
+                ));
             };
             here.seq = Some(cp.seq);
             if !signature_ok(self.keys, &cp) {
@@ -823,13 +872,19 @@ impl<'k> ChainScan<'k> {
                 return Err(bad(
                     &here,
                     TamperKind::CheckpointLog,
-                    format!("checkpoints go backwards: seq {} after seq {previous}", cp.seq),
+                    format!(
+                        "checkpoints go backwards: seq {} after seq {previous}",
+                        cp.seq
+                    ),
                 ));
             }
             previous = cp.seq;
             if cp.seq > last_seq {
                 let (kind, what) = if self.report.torn_tail_bytes > 0 {
-                    (TamperKind::TornTailCovered, "the torn last line was already covered by a checkpoint: not a crash")
+                    (
+                        TamperKind::TornTailCovered,
+                        "the torn last line was already covered by a checkpoint: not a crash",
+                    )
                 } else {
                     (TamperKind::Truncated, "records were deleted from the end")
                 };

@@ -153,11 +153,21 @@ impl WriterState {
             seal_file(&dir.join(format::segment_file_name(index)))?;
         }
 
-        let clock = hooks.clock.unwrap_or_else(|| Arc::new(OffsetDateTime::now_utc));
+        let clock = hooks
+            .clock
+            .unwrap_or_else(|| Arc::new(OffsetDateTime::now_utc));
         let wall = clock();
         let prev = tail.last_hash.unwrap_or_else(genesis);
         let index = tail.last_index.map_or(1, |i| i + 1);
-        let (seg, head) = create_segment(&dir, None, index, &opts.replica_id, tail.last_seq + 1, &prev, wall)?;
+        let (seg, head) = create_segment(
+            &dir,
+            None,
+            index,
+            &opts.replica_id,
+            tail.last_seq + 1,
+            &prev,
+            wall,
+        )?;
         let cp_log = OpenOptions::new()
             .append(true)
             .create(true)
@@ -199,7 +209,11 @@ impl WriterState {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            tracing::warn!(file, bytes_dropped = cut.dropped, "ledger recovery cut a torn last line");
+            tracing::warn!(
+                file,
+                bytes_dropped = cut.dropped,
+                "ledger recovery cut a torn last line"
+            );
             let rec = RecoveryRecord {
                 seq: state.next_seq,
                 ts: format::format_ts(wall),
@@ -249,7 +263,7 @@ impl WriterState {
         for cmd in batch {
             match cmd {
                 Cmd::Append { input, reply } => {
-                    inputs.push(input);
+                    inputs.push(*input);
                     append_replies.push(reply);
                 }
                 Cmd::Checkpoint { reply } => checkpoint_replies.push(reply),
@@ -277,8 +291,12 @@ impl WriterState {
         // The records are durable per the sync mode: let the requests go.
         let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.last_batch_size.store(done.len() as u64, Ordering::Relaxed);
-        stats.records.fetch_add(done.len() as u64, Ordering::Relaxed);
+        stats
+            .last_batch_size
+            .store(done.len() as u64, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
         for (reply, appended) in append_replies.into_iter().zip(done) {
             let _ = reply.send(Ok(appended));
         }
@@ -301,7 +319,7 @@ impl WriterState {
     /// sync mode asks, one `fdatasync`.
     fn write_batch(
         &mut self,
-        inputs: Vec<Box<RecordInput>>,
+        inputs: Vec<RecordInput>,
         force_checkpoint: bool,
         stopping: bool,
     ) -> Result<Vec<Appended>, LedgerError> {
@@ -309,7 +327,7 @@ impl WriterState {
         for input in inputs {
             let wall = (self.clock)();
             self.rotate_if_due(wall)?;
-            done.push(self.push_input(*input, wall)?);
+            done.push(self.push_input(input, wall)?);
             if self.since_checkpoint >= self.checkpoint_every {
                 self.push_checkpoint(wall)?;
             }
@@ -396,7 +414,11 @@ impl WriterState {
         reason
     }
 
-    fn push_input(&mut self, input: RecordInput, wall: OffsetDateTime) -> Result<Appended, LedgerError> {
+    fn push_input(
+        &mut self,
+        input: RecordInput,
+        wall: OffsetDateTime,
+    ) -> Result<Appended, LedgerError> {
         let seq = self.next_seq;
         let ts = format::format_ts(wall);
         let prev = hex::encode(self.head);
@@ -482,7 +504,8 @@ impl WriterState {
         let head_seq = seq - 1;
         let head_hash = hex::encode(self.head);
         let ts = format::format_ts(wall);
-        let message = format::checkpoint_message(&self.replica, self.seg.index, head_seq, &head_hash, &ts);
+        let message =
+            format::checkpoint_message(&self.replica, self.seg.index, head_seq, &head_hash, &ts);
         let signature = hex::encode(self.key.sign(&message).to_bytes());
         let record = CheckpointRecord {
             seq,
@@ -562,7 +585,8 @@ impl WriterState {
     /// Rotate before this record if the segment is full or the UTC day changed.
     fn rotate_if_due(&mut self, wall: OffsetDateTime) -> Result<(), LedgerError> {
         let day = wall.to_offset(UtcOffset::UTC).date();
-        if self.seg.records == 0 || (self.seg.bytes < self.segment_max_bytes && day == self.seg.day) {
+        if self.seg.records == 0 || (self.seg.bytes < self.segment_max_bytes && day == self.seg.day)
+        {
             return Ok(());
         }
         // Anchor the old segment, make it durable, then seal it read-only.
@@ -747,7 +771,10 @@ fn scan_tail(dir: &Path, cp_log_path: &Path, replica: &str) -> Result<Tail, Ledg
             line: line as u64,
             why,
         };
-        let header = match format::parse_line(lines[0]).map_err(|f| corrupt(1, f.why))?.entry {
+        let header = match format::parse_line(lines[0])
+            .map_err(|f| corrupt(1, f.why))?
+            .entry
+        {
             Entry::Header(h) => h,
             _ => return Err(corrupt(1, "first line is not a segment header".into())),
         };
@@ -759,8 +786,12 @@ fn scan_tail(dir: &Path, cp_log_path: &Path, replica: &str) -> Result<Tail, Ledg
                 replica
             )));
         }
-        let last = format::parse_line(lines[lines.len() - 1]).map_err(|f| corrupt(lines.len(), f.why))?;
-        last_seq = last.entry.seq().unwrap_or(header.first_seq.saturating_sub(1));
+        let last =
+            format::parse_line(lines[lines.len() - 1]).map_err(|f| corrupt(lines.len(), f.why))?;
+        last_seq = last
+            .entry
+            .seq()
+            .unwrap_or(header.first_seq.saturating_sub(1));
         last_hash = Some(last.hash);
         last_index = Some(*index);
         break;
@@ -798,7 +829,8 @@ fn scan_tail(dir: &Path, cp_log_path: &Path, replica: &str) -> Result<Tail, Ledg
 
 fn apply_cut(cut: &Cut) -> Result<(), LedgerError> {
     if cut.remove {
-        return fs::remove_file(&cut.path).map_err(|e| LedgerError::io("removing torn segment", &cut.path, e));
+        return fs::remove_file(&cut.path)
+            .map_err(|e| LedgerError::io("removing torn segment", &cut.path, e));
     }
     // The file may already be sealed read-only; it is ours, so open it up for the cut.
     let meta = fs::metadata(&cut.path).map_err(|e| LedgerError::io("reading", &cut.path, e))?;
@@ -928,17 +960,29 @@ mod tests {
             next_segment_path: Some(PathBuf::from("/dev/full")),
         };
         let ledger = Ledger::open_with(opts, hooks).await.expect("open");
-        ledger.append_decision(facts(1)).await.expect("first append fits");
+        ledger
+            .append_decision(facts(1))
+            .await
+            .expect("first append fits");
 
-        let err = ledger.append_decision(facts(2)).await.expect_err("disk full");
+        let err = ledger
+            .append_decision(facts(2))
+            .await
+            .expect_err("disk full");
         let LedgerError::Unhealthy(reason) = &err else {
             panic!("expected unhealthy, got {err}")
         };
         assert!(reason.contains("No space left"), "{reason}");
         assert_eq!(ledger.health(), Health::Unhealthy(reason.clone()));
-        let again = ledger.append_decision(facts(3)).await.expect_err("stays closed");
+        let again = ledger
+            .append_decision(facts(3))
+            .await
+            .expect_err("stays closed");
         assert!(matches!(again, LedgerError::Unhealthy(_)), "{again}");
-        assert!(ledger.shutdown().await.is_err(), "shutdown reports the failure too");
+        assert!(
+            ledger.shutdown().await.is_err(),
+            "shutdown reports the failure too"
+        );
     }
 
     #[tokio::test]
@@ -969,12 +1013,18 @@ mod tests {
         assert_eq!(segments.len(), 2, "{segments:?}");
         // Records of day 1 stay in segment 1 (its sealing checkpoint is signed on day 2).
         let first = fs::read_to_string(&segments[0].1).expect("read");
-        let decisions: Vec<_> = first.lines().filter(|l| l.contains("\"kind\":\"decision\"")).collect();
+        let decisions: Vec<_> = first
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"decision\""))
+            .collect();
         assert_eq!(decisions.len(), 2);
         assert!(decisions.iter().all(|l| l.contains("\"ts\":\"2023-11-14T")));
         let second = fs::read_to_string(&segments[1].1).expect("read");
         assert!(second.contains(&format!("\"seq\":{}", third.seq)));
-        assert!(fs::metadata(&segments[0].1).expect("meta").permissions().readonly());
+        assert!(fs::metadata(&segments[0].1)
+            .expect("meta")
+            .permissions()
+            .readonly());
         let outcome = verify(&dir, &VerifyOptions::default()).expect("verify");
         assert!(outcome.is_intact(), "{outcome}");
     }

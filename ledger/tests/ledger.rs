@@ -54,7 +54,10 @@ async fn appends_get_contiguous_seqs_and_the_log_verifies_intact() {
     assert!(matches!(entries[1], Entry::Decision(_)));
     assert!(matches!(entries[2], Entry::Outcome(_)));
     assert!(matches!(entries[3], Entry::Config(_)));
-    assert!(matches!(entries[4], Entry::Checkpoint(_)), "shutdown checkpoint");
+    assert!(
+        matches!(entries[4], Entry::Checkpoint(_)),
+        "shutdown checkpoint"
+    );
     assert!(intact(&dir));
 }
 
@@ -62,7 +65,10 @@ async fn appends_get_contiguous_seqs_and_the_log_verifies_intact() {
 async fn appending_after_shutdown_is_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
     let ledger = build(opts(tmp.path()), 1, true).await;
-    let err = ledger.append_decision(decision(2)).await.expect_err("closed");
+    let err = ledger
+        .append_decision(decision(2))
+        .await
+        .expect_err("closed");
     assert!(matches!(err, LedgerError::Closed), "{err}");
     assert!(matches!(ledger.health(), Health::Unhealthy(_)));
     ledger.shutdown().await.expect("second shutdown is a no-op");
@@ -104,6 +110,22 @@ async fn a_checkpoint_follows_every_n_records() {
     assert_eq!(ledger.head().map(|h| h.seq), Some(12));
     ledger.shutdown().await.expect("shutdown");
     assert!(intact(&dir));
+}
+
+#[tokio::test]
+async fn watchers_see_each_new_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = LedgerOptions {
+        checkpoint_every: 1,
+        ..opts(tmp.path())
+    };
+    let ledger = Ledger::open(opts).await.expect("open");
+    let mut head = ledger.watch_head();
+    ledger.append_decision(decision(1)).await.expect("append");
+    head.changed().await.expect("a checkpoint was published");
+    let cp = head.borrow_and_update().clone().expect("checkpoint");
+    assert_eq!((cp.seq, cp.head_seq), (2, 1));
+    ledger.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,7 +185,11 @@ async fn batch_mode_answers_after_the_write_and_syncs_on_the_interval() {
     assert_eq!(ledger.stats().syncs_total, 0);
     assert_eq!(lines(&segments(&dir)[0]).len(), 2);
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(ledger.stats().syncs_total, 1, "synced once the interval passed");
+    assert_eq!(
+        ledger.stats().syncs_total,
+        1,
+        "synced once the interval passed"
+    );
     ledger.shutdown().await.expect("shutdown");
     assert!(intact(&dir));
 }
@@ -187,7 +213,11 @@ async fn segments_rotate_by_size_chain_across_files_and_are_sealed() {
     let dir = opts.dir.clone();
     build(opts, 20, true).await;
     let segs = segments(&dir);
-    assert!(segs.len() >= 4, "expected several segments, got {}", segs.len());
+    assert!(
+        segs.len() >= 4,
+        "expected several segments, got {}",
+        segs.len()
+    );
     for seg in &segs {
         assert_eq!(mode(seg), 0o444, "{} sealed", seg.display());
     }
@@ -228,7 +258,10 @@ async fn signing_key_is_created_0600_on_first_open_and_reused() {
     assert_eq!(mode(&key_path), 0o600);
     let second = build(opts.clone(), 1, true).await.public_key_hex();
     assert_eq!(first, second);
-    assert_eq!(public_key_from_signing_key_file(&key_path).expect("pubkey"), first);
+    assert_eq!(
+        public_key_from_signing_key_file(&key_path).expect("pubkey"),
+        first
+    );
     let listed = fs::read_to_string(opts.dir.join(format::PUBKEY_FILE)).expect("pubkey file");
     assert_eq!(listed.trim(), first);
 }
@@ -280,7 +313,10 @@ async fn a_full_queue_refuses_appends_at_once_and_reports_unhealthy_until_draine
     assert!(poll_once(second.as_mut()).is_pending());
     match poll_once(third.as_mut()) {
         Poll::Ready(Err(LedgerError::Backpressure)) => {}
-        other => panic!("expected immediate backpressure, got {:?}", other.map(|r| r.map(|a| a.seq))),
+        other => panic!(
+            "expected immediate backpressure, got {:?}",
+            other.map(|r| r.map(|a| a.seq))
+        ),
     }
     let Health::Unhealthy(reason) = ledger.health() else {
         panic!("a full queue must report unhealthy")
@@ -288,7 +324,11 @@ async fn a_full_queue_refuses_appends_at_once_and_reports_unhealthy_until_draine
     assert!(reason.contains("queue is full"), "{reason}");
     first.await.expect("queued append completes");
     second.await.expect("queued append completes");
-    assert_eq!(ledger.health(), Health::Healthy, "healthy again once drained");
+    assert_eq!(
+        ledger.health(),
+        Health::Healthy,
+        "healthy again once drained"
+    );
     ledger.shutdown().await.expect("shutdown");
 }
 
@@ -309,7 +349,10 @@ async fn append_fails_closed_when_the_ledger_directory_becomes_unwritable() {
     };
     let dir = opts.dir.clone();
     let ledger = Ledger::open(opts).await.expect("open");
-    ledger.append_decision(decision(1)).await.expect("first append");
+    ledger
+        .append_decision(decision(1))
+        .await
+        .expect("first append");
 
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o500)).expect("chmod");
     let moved = tmp.path().join("moved");
@@ -317,25 +360,36 @@ async fn append_fails_closed_when_the_ledger_directory_becomes_unwritable() {
         // Running as root: a read-only mode does not stop us, so take the directory away
         // and put a plain file where it was. Creating the next segment then fails (ENOTDIR).
         eprintln!("running as root: replacing the ledger directory with a file instead of chmod");
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .expect("chmod");
         fs::rename(&dir, &moved).expect("move dir");
         fs::write(&dir, b"not a directory").expect("file in its place");
     }
 
-    let err = ledger.append_decision(decision(2)).await.expect_err("must fail closed");
+    let err = ledger
+        .append_decision(decision(2))
+        .await
+        .expect_err("must fail closed");
     assert!(err.is_unavailable(), "{err}");
     let Health::Unhealthy(reason) = ledger.health() else {
         panic!("ledger must report unhealthy")
     };
-    assert!(reason.contains("segment"), "reason names what failed: {reason}");
+    assert!(
+        reason.contains("segment"),
+        "reason names what failed: {reason}"
+    );
     // For good: even if the directory came back, the ledger stays closed.
     if moved.exists() {
         fs::remove_file(&dir).expect("rm file");
         fs::rename(&moved, &dir).expect("restore dir");
     } else {
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .expect("chmod");
     }
-    let again = ledger.append_decision(decision(3)).await.expect_err("still failed");
+    let again = ledger
+        .append_decision(decision(3))
+        .await
+        .expect_err("still failed");
     assert!(matches!(again, LedgerError::Unhealthy(_)), "{again}");
 }
 
@@ -348,7 +402,10 @@ async fn opening_in_an_unusable_directory_fails() {
         dir: blocker.join("ledger"),
         ..opts(tmp.path())
     };
-    let err = Ledger::open(opts).await.err().expect("cannot create dir under a file");
+    let err = Ledger::open(opts)
+        .await
+        .err()
+        .expect("cannot create dir under a file");
     assert!(matches!(err, LedgerError::Io { .. }), "{err}");
 }
 
@@ -380,7 +437,10 @@ fn a_torn_last_line_is_cut_on_restart_and_a_recovery_record_notes_it() {
     with_torn.extend_from_slice(torn);
     rewrite(&seg, &with_torn);
     let outcome = verify(&dir, &VerifyOptions::default()).expect("verify");
-    assert!(outcome.is_intact(), "an unrecovered crash is not tampering: {outcome}");
+    assert!(
+        outcome.is_intact(),
+        "an unrecovered crash is not tampering: {outcome}"
+    );
     assert!(outcome.report().notes.iter().any(|n| n.contains("torn")));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -392,7 +452,11 @@ fn a_torn_last_line_is_cut_on_restart_and_a_recovery_record_notes_it() {
         ledger.shutdown().await.expect("shutdown");
     });
 
-    assert_eq!(fs::read(&seg).expect("read"), before, "cut back to the last complete record");
+    assert_eq!(
+        fs::read(&seg).expect("read"),
+        before,
+        "cut back to the last complete record"
+    );
     let segs = segments(&dir);
     assert_eq!(segs.len(), 2);
     let entries = parse_all(&segs[1]);
@@ -417,7 +481,9 @@ async fn a_torn_line_covered_by_a_checkpoint_is_reported_as_tampering_and_open_r
     rewrite(&seg, &bytes[..bytes.len() - 40]);
 
     match verify(&dir, &VerifyOptions::default()).expect("verify") {
-        VerifyOutcome::Tampered { kind, first_bad, .. } => {
+        VerifyOutcome::Tampered {
+            kind, first_bad, ..
+        } => {
             assert_eq!(kind, TamperKind::TornTailCovered);
             assert_eq!(first_bad.file, seg);
             assert_eq!(first_bad.seq, Some(6));
@@ -426,7 +492,10 @@ async fn a_torn_line_covered_by_a_checkpoint_is_reported_as_tampering_and_open_r
     }
     let err = Ledger::open(opts).await.err().expect("open must refuse");
     assert!(err.is_tampered(), "{err}");
-    assert!(bytes.len() - 40 == fs::read(&seg).expect("read").len(), "evidence left untouched");
+    assert!(
+        bytes.len() - 40 == fs::read(&seg).expect("read").len(),
+        "evidence left untouched"
+    );
 }
 
 #[tokio::test]

@@ -94,12 +94,24 @@ fn the_allowlist_has_no_name_that_could_carry_content() {
     }
     let exported: BTreeSet<_> = ALLOWED_FIELDS.iter().collect();
     let here: BTreeSet<_> = ALLOWLIST.iter().collect();
-    assert_eq!(exported, here, "format::ALLOWED_FIELDS drifted from this test's allowlist");
+    assert_eq!(
+        exported, here,
+        "format::ALLOWED_FIELDS drifted from this test's allowlist"
+    );
 }
 
 #[test]
 fn the_content_check_catches_the_obvious_names() {
-    for name in ["request_body", "prompt", "header_value", "query", "api_key", "auth_token", "secret", "authorization"] {
+    for name in [
+        "request_body",
+        "prompt",
+        "header_value",
+        "query",
+        "api_key",
+        "auth_token",
+        "secret",
+        "authorization",
+    ] {
         assert!(could_carry_content(name), "{name}");
     }
 }
@@ -139,13 +151,23 @@ async fn every_record_kind_written_uses_only_allowlisted_keys() {
             collect_keys(&value, &mut keys);
         }
     }
-    let expected_kinds: BTreeSet<String> = ["segment", "decision", "outcome", "config", "checkpoint", "recovery"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected_kinds: BTreeSet<String> = [
+        "segment",
+        "decision",
+        "outcome",
+        "config",
+        "checkpoint",
+        "recovery",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(kinds, expected_kinds, "every record kind was exercised");
     for key in &keys {
-        assert!(ALLOWLIST.contains(&key.as_str()), "key {key:?} is not in the allowlist");
+        assert!(
+            ALLOWLIST.contains(&key.as_str()),
+            "key {key:?} is not in the allowlist"
+        );
         assert!(!could_carry_content(key), "key {key:?} could carry content");
     }
 }

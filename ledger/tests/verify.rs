@@ -131,7 +131,8 @@ async fn ledger_verify_detects_a_forged_checkpoint_signature() {
     // A forger's own key signs the same claim; the line and checkpoints.log are rewritten
     // consistently so only the signature can give it away.
     let forger = SigningKey::generate(&mut rand_core06::OsRng);
-    let msg = format::checkpoint_message(&cp.replica, cp.segment, cp.head_seq, &cp.head_hash, &cp.ts);
+    let msg =
+        format::checkpoint_message(&cp.replica, cp.segment, cp.head_seq, &cp.head_hash, &cp.ts);
     let forged_sig = hex::encode(forger.sign(&msg).to_bytes());
     l[last] = rehash(&l[last].replace(&cp.signature, &forged_sig));
     rewrite_lines(&seg, &l);
@@ -154,7 +155,10 @@ async fn ledger_verify_detects_a_whole_log_rolled_back_given_a_trusted_checkpoin
     // The attacker puts the older, perfectly consistent copy back.
     fs::remove_dir_all(&dir).expect("rm");
     copy_dir(&snapshot, &dir);
-    assert!(run(&dir).is_intact(), "without an outside anchor a rollback looks intact");
+    assert!(
+        run(&dir).is_intact(),
+        "without an outside anchor a rollback looks intact"
+    );
 
     let with_trusted = VerifyOptions {
         trusted_checkpoint: Some(trusted),
@@ -162,7 +166,12 @@ async fn ledger_verify_detects_a_whole_log_rolled_back_given_a_trusted_checkpoin
     };
     let outcome = verify(&dir, &with_trusted).expect("verify");
     let seg = segments(&dir)[0].clone();
-    let bad = assert_tampered(outcome, TamperKind::RolledBack, &seg, lines(&seg).len() as u64 + 1);
+    let bad = assert_tampered(
+        outcome,
+        TamperKind::RolledBack,
+        &seg,
+        lines(&seg).len() as u64 + 1,
+    );
     assert_eq!(bad.seq, Some(7));
 }
 
@@ -252,7 +261,11 @@ async fn unanchored_records_are_reported_and_fail_with_strict() {
     let outcome = run(&dir);
     assert!(outcome.is_intact(), "{outcome}");
     assert_eq!(outcome.report().chains[0].unanchored, 3);
-    assert!(outcome.report().notes.iter().any(|n| n.contains("unanchored")));
+    assert!(outcome
+        .report()
+        .notes
+        .iter()
+        .any(|n| n.contains("unanchored")));
 
     let strict = verify(
         &dir,

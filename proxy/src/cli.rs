@@ -51,6 +51,39 @@ enum Command {
     /// Agent helpers.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Verify the tamper-evident ledger and export its checkpoint key.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Check a ledger: every hash link, every checkpoint signature, no truncation.
+    /// Exits 0 when intact, 1 on tampering (naming the first bad record), 2 on usage or I/O errors.
+    Verify {
+        /// A segment file, a ledger directory, or a directory of replica ledger directories.
+        path: PathBuf,
+        /// The checkpoint public key (hex, from `portcullis ledger pubkey`). Without it the key
+        /// stored beside the log is used, which proves less.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// A checkpoint line kept elsewhere (e.g. from the webhook sink): detects a rolled-back log.
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Option<PathBuf>,
+        /// Treat records after the last checkpoint (unanchored) as an error.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print the Ed25519 public key that signs checkpoints (hex).
+    Pubkey {
+        /// The signing key file (default: the CA directory's ledger-signing.key).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = ".portcullis/ca/ledger-signing.key"
+        )]
+        key: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -102,6 +135,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check { file }) => check(&file),
         Some(Command::Ca(c)) => ca(c),
         Some(Command::Agent(AgentCommand::HashToken)) => hash_token(),
+        Some(Command::Ledger(c)) => Ok(ledger(c)),
     };
     match result {
         Ok(code) => code,
@@ -332,6 +366,49 @@ fn print_ca(ca: &CertificateAuthority, dir: &Path) {
         "CARGO_HTTP_CAINFO",
     ] {
         println!("export {var}={}", path.display());
+    }
+}
+
+fn ledger(cmd: LedgerCommand) -> ExitCode {
+    match cmd {
+        LedgerCommand::Verify {
+            path,
+            pubkey,
+            trusted_checkpoint,
+            strict,
+        } => {
+            let opts = portcullis_ledger::VerifyOptions {
+                pubkey,
+                trusted_checkpoint,
+                strict,
+            };
+            match portcullis_ledger::verify(&path, &opts) {
+                Ok(outcome) => {
+                    if outcome.is_intact() {
+                        println!("{outcome}");
+                    } else {
+                        eprintln!("{outcome}");
+                    }
+                    ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1))
+                }
+                Err(e) => {
+                    eprintln!("portcullis: ledger verify: {}", e.full_message());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        LedgerCommand::Pubkey { key } => {
+            match portcullis_ledger::public_key_from_signing_key_file(&key) {
+                Ok(hex) => {
+                    println!("{hex}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis: {}", e.full_message());
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

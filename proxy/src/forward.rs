@@ -16,11 +16,12 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use crate::audit::{self, OutcomeBase, Verdict};
 use crate::body::ProxyBody;
 use crate::framing::FramingGuard;
 use crate::identity::{identify, Identity};
 use crate::pipeline::{self, Target};
-use crate::rescue::Refusal;
+use crate::rescue::{Refusal, HDR_EVENT_ID};
 use crate::server::{Ctx, ListenerInfo};
 use crate::tunnel::{self, Tunnel};
 
@@ -77,24 +78,36 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let event_id = pipeline::new_event_id();
-    if let Some(refusal) = pipeline::framing_refusal(&req, &nonce, &event_id) {
-        return refusal.into_response();
-    }
     let snap = ctx.policy.load();
+    let method = req.method().as_str().to_owned();
+    let anonymous = |decision| Verdict {
+        event_id: &event_id,
+        who: None,
+        listener: &info.name,
+        target: None,
+        method: Some(&method),
+        path: None,
+        decision,
+        policy: &snap,
+    };
+    if let Some(v) = pipeline::framing_violation(&req, &nonce) {
+        let d = Decision::deny(Reason::BadFraming);
+        let mut vd = anonymous(&d);
+        vd.method = None;
+        return pipeline::refuse(&ctx, vd, pipeline::framing_refusal(v, &event_id)).await;
+    }
     let Some(who) = identify(&snap.policy, &info.auth, req.headers()) else {
-        pipeline::log_refusal(
-            &event_id,
-            None,
-            &info.name,
-            req.method(),
-            "-",
-            Reason::AuthFailed,
-        );
-        return Refusal::new(Reason::AuthFailed, event_id).into_response();
+        let d = Decision::deny(Reason::AuthFailed);
+        return pipeline::refuse(
+            &ctx,
+            anonymous(&d),
+            Refusal::new(Reason::AuthFailed, &event_id),
+        )
+        .await;
     };
 
     if req.method() == Method::CONNECT {
-        return connect(ctx, info, who, event_id, peer, permit, &mut req);
+        return connect(ctx, info, who, event_id, peer, permit, &mut req).await;
     }
     if req.uri().scheme_str() == Some("http") {
         return pipeline::plaintext(ctx, &info.name, who, event_id, req).await;
@@ -104,15 +117,22 @@ async fn handle(
     } else {
         "this is a forward proxy: send CONNECT host:port or an absolute http:// URL"
     };
-    Refusal::new(Reason::BadRequest, event_id)
-        .detail(detail)
-        .close()
-        .into_response()
+    let d = Decision::deny(Reason::BadRequest);
+    let mut v = anonymous(&d);
+    v.who = Some(&who);
+    pipeline::refuse(
+        &ctx,
+        v,
+        Refusal::new(Reason::BadRequest, &event_id)
+            .detail(detail)
+            .close(),
+    )
+    .await
 }
 
 /// CONNECT: authenticate, pre-check the destination, answer 200 and hand the
 /// tunnel to an interceptor or a passthrough splice.
-fn connect(
+async fn connect(
     ctx: Arc<Ctx>,
     info: Arc<ListenerInfo>,
     who: Identity,
@@ -121,28 +141,42 @@ fn connect(
     permit: Arc<OwnedSemaphorePermit>,
     req: &mut Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let snap = ctx.policy.load();
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
     // CONNECT needs an explicit port (RFC 9110 §9.3.6).
-    let (host, port) = match split_host_port(&authority, 0) {
-        Ok((h, p)) if p != 0 => (h, p),
-        Ok(_) => {
-            return Refusal::new(Reason::BadRequest, event_id)
-                .detail("CONNECT needs host:port")
-                .close()
-                .into_response()
-        }
-        Err(e) => {
-            return Refusal::new(Reason::BadRequest, event_id)
-                .detail(format!("bad CONNECT target: {e}"))
-                .close()
-                .into_response()
+    let parsed = match split_host_port(&authority, 0) {
+        Ok((_, 0)) => Err("CONNECT needs host:port".to_owned()),
+        Ok(hp) => Ok(hp),
+        Err(e) => Err(format!("bad CONNECT target: {e}")),
+    };
+    let (host, port) = match parsed {
+        Ok(hp) => hp,
+        Err(detail) => {
+            let d = Decision::deny(Reason::BadRequest);
+            let v = Verdict {
+                event_id: &event_id,
+                who: Some(&who),
+                listener: &info.name,
+                target: None,
+                method: Some("CONNECT"),
+                path: None,
+                decision: &d,
+                policy: &snap,
+            };
+            return pipeline::refuse(
+                &ctx,
+                v,
+                Refusal::new(Reason::BadRequest, &event_id)
+                    .detail(detail)
+                    .close(),
+            )
+            .await;
         }
     };
-    let snap = ctx.policy.load();
     let verdict = match snap.policy.agent(&who.agent) {
         None => Err(Decision::deny(Reason::AuthFailed)),
         Some(agent) => snap.policy.precheck(agent, &host, port),
@@ -160,18 +194,26 @@ fn connect(
         port,
         tls: true,
     };
+    let decision = match &verdict {
+        Ok(route) => Decision::allow(route.clone()),
+        Err(d) => d.clone(),
+    };
+    let v = Verdict {
+        event_id: &event_id,
+        who: Some(&who),
+        listener: &info.name,
+        target: Some(&target),
+        method: Some("CONNECT"),
+        path: None,
+        decision: &decision,
+        policy: &snap,
+    };
+    if let Err(unavailable) = audit::record(&ctx, v).await {
+        return unavailable.close().into_response();
+    }
     let (route, pre_denial) = match verdict {
         Ok(route) => (Some(route), None),
         Err(decision) => {
-            pipeline::log_decision(
-                &event_id,
-                &who,
-                &info.name,
-                &target,
-                &Method::CONNECT,
-                "-",
-                &decision,
-            );
             if port != 443 {
                 // Not TLS we can speak for: refuse the tunnel itself.
                 return Refusal::new(decision.reason, event_id)
@@ -183,6 +225,7 @@ fn connect(
         }
     };
     let passthrough = route.as_ref().is_some_and(|r| r.mode == Mode::Passthrough);
+    let outcome = passthrough.then(|| OutcomeBase::new(&ctx, &event_id, &who, &target, &snap));
     let on_upgrade = hyper::upgrade::on(req);
     let tun = Arc::new(Tunnel {
         who,
@@ -190,22 +233,27 @@ fn connect(
         target,
         route,
         pre_denial,
-        connect_event: event_id,
+        connect_event: event_id.clone(),
         peer,
     });
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
             let _permit = permit;
-            match on_upgrade.await {
-                Ok(upgraded) if passthrough => tunnel::passthrough(ctx, tun, upgraded).await,
-                Ok(upgraded) => tunnel::intercept(ctx, tun, upgraded).await,
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            match (on_upgrade.await, outcome) {
+                (Ok(upgraded), Some(outcome)) => {
+                    tunnel::passthrough(ctx, tun, upgraded, outcome).await
+                }
+                (Ok(upgraded), None) => tunnel::intercept(ctx, tun, upgraded).await,
+                (Err(e), _) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
         }
         .instrument(span),
     );
     let mut resp = Response::new(crate::body::empty());
     *resp.status_mut() = StatusCode::OK;
+    if let Ok(v) = http::HeaderValue::from_str(&event_id) {
+        resp.headers_mut().insert(HDR_EVENT_ID, v);
+    }
     resp
 }

@@ -138,6 +138,8 @@ pub struct FramingGuard<S> {
     chunk_in_ext: bool,
     line_len: usize,
     trailer_len: usize,
+    /// A synthetic error head was queued.
+    rejected: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -170,6 +172,7 @@ impl<S> FramingGuard<S> {
             chunk_in_ext: false,
             line_len: 0,
             trailer_len: 0,
+            rejected: false,
         }
     }
 
@@ -185,6 +188,7 @@ impl<S> FramingGuard<S> {
             .as_bytes(),
         );
         self.state = State::Closed;
+        self.rejected = true;
         self.in_pos = self.in_len;
     }
 
@@ -504,6 +508,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 return Poll::Ready(Ok(()));
             }
             match this.state {
+                // Never EOF here: hyper would drop the pending error response
+                // (it treats read EOF as the client going away). The response
+                // carries `Connection: close`, so hyper ends the connection
+                // itself once it is written.
+                State::Closed if this.rejected => return Poll::Pending,
                 State::Closed => return Poll::Ready(Ok(())),
                 State::Failed => {
                     return Poll::Ready(Err(io::Error::new(

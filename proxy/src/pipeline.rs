@@ -3,16 +3,18 @@
 //! plain-HTTP proxy request, goes through [`tunneled`] or [`plaintext`] and
 //! then [`forward`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use portcullis_rules::{classify_ip, split_host_port, Decision, Host, Reason, RequestFacts};
+use portcullis_rules::{split_host_port, Decision, Host, Reason, RequestFacts};
 use rand::RngCore;
 
-use crate::body::{End, Metered, ProxyBody};
+use crate::audit::{self, OutcomeBase, Verdict};
+use crate::body::{Counted, End, Metered, ProxyBody};
 use crate::framing::{Violation, FRAMING_HEADER};
 use crate::identity::Identity;
 use crate::rescue::{Refusal, HDR_EVENT_ID};
@@ -53,31 +55,32 @@ impl Target {
 }
 
 pub fn new_event_id() -> String {
+    portcullis_ledger::new_event_id()
+}
+
+pub fn new_nonce() -> String {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
     hex::encode(b)
 }
 
-pub fn new_nonce() -> String {
-    new_event_id()
-}
-
 /// Step 5.2 (HTTP/1): the framing guard replaced a bad head with a synthetic
-/// request carrying our nonce; answer it and close.
-pub fn framing_refusal<B>(req: &Request<B>, nonce: &str, event_id: &str) -> Option<Refusal> {
+/// request carrying our nonce. Returns the violation if this is that request.
+pub fn framing_violation<B>(req: &Request<B>, nonce: &str) -> Option<Violation> {
     let v = req.headers().get(FRAMING_HEADER)?.to_str().ok()?;
     let (n, code) = v.split_once(' ')?;
     if !constant_time_eq(n.as_bytes(), nonce.as_bytes()) {
         return None;
     }
-    let violation = Violation::from_code(code).unwrap_or(Violation::MalformedHead);
-    tracing::info!(target: "portcullis::decision", event_id, decision = "deny", reason = "bad_framing", violation = violation.code());
-    Some(
-        Refusal::new(Reason::BadFraming, event_id)
-            .detail(format!("request framing rejected: {}", violation.code()))
-            .status(StatusCode::from_u16(violation.status()).unwrap_or(StatusCode::BAD_REQUEST))
-            .close(),
-    )
+    Some(Violation::from_code(code).unwrap_or(Violation::MalformedHead))
+}
+
+/// The refusal for a framing violation: its status, and the connection closes.
+pub fn framing_refusal(v: Violation, event_id: &str) -> Refusal {
+    Refusal::new(Reason::BadFraming, event_id)
+        .detail(format!("request framing rejected: {}", v.code()))
+        .status(StatusCode::from_u16(v.status()).unwrap_or(StatusCode::BAD_REQUEST))
+        .close()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -85,50 +88,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// The canonical decision log line: one per request, content-free.
-pub fn log_decision(
-    event_id: &str,
-    who: &Identity,
-    listener: &str,
-    target: &Target,
-    method: &Method,
-    path: &str,
-    d: &Decision,
-) {
-    tracing::info!(
-        target: "portcullis::decision",
-        event_id,
-        tenant = %who.tenant,
-        agent = %who.agent,
-        listener,
-        host = %target.host,
-        port = target.port,
-        method = %method,
-        path,
-        decision = d.action.as_str(),
-        reason = d.reason.code(),
-        rule = d.route_id().unwrap_or("-"),
-    );
-}
-
-pub fn log_refusal(
-    event_id: &str,
-    who: Option<&Identity>,
-    listener: &str,
-    method: &Method,
-    host: &str,
-    reason: Reason,
-) {
-    tracing::info!(
-        target: "portcullis::decision",
-        event_id,
-        agent = who.map(|w| w.agent.as_str()).unwrap_or("-"),
-        listener,
-        host,
-        method = %method,
-        decision = "deny",
-        reason = reason.code(),
-    );
+/// Audits a refusal, then returns its response (or the fail-closed 503).
+pub async fn refuse(ctx: &Ctx, v: Verdict<'_>, refusal: Refusal) -> Response<ProxyBody> {
+    match audit::record(ctx, v).await {
+        Ok(()) => refusal.into_response(),
+        Err(unavailable) => unavailable.close().into_response(),
+    }
 }
 
 /// A request inside an intercepted tunnel. `nonce` is set for HTTP/1 (the
@@ -141,53 +106,51 @@ pub async fn tunneled(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let event_id = new_event_id();
+    let snap = ctx.policy.load();
+    let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
+    let base = |decision| Verdict {
+        event_id: &event_id,
+        who: Some(&tun.who),
+        listener: &tun.listener,
+        target: Some(&tun.target),
+        method: Some(&method),
+        path: Some(&path),
+        decision,
+        policy: &snap,
+    };
     // 5.2 Framing first: a bad head never reaches policy.
-    if let Some(n) = &nonce {
-        if let Some(r) = framing_refusal(&req, n, &event_id) {
-            return r.into_response();
-        }
+    if let Some(v) = nonce.as_deref().and_then(|n| framing_violation(&req, n)) {
+        let d = Decision::deny(Reason::BadFraming);
+        let mut vd = base(&d);
+        vd.method = None;
+        vd.path = None;
+        return refuse(&ctx, vd, framing_refusal(v, &event_id)).await;
     }
     if h2 && req.headers().get_all(HOST).iter().count() > 1 {
-        return Refusal::new(Reason::BadFraming, event_id)
-            .detail("multiple Host headers")
-            .into_response();
+        let d = Decision::deny(Reason::BadFraming);
+        let r = Refusal::new(Reason::BadFraming, &event_id).detail("multiple Host headers");
+        return refuse(&ctx, base(&d), r).await;
     }
-    let path = req.uri().path().to_owned();
     // A CONNECT-time denial is answered here, inside TLS, so the SDK shows it.
     if let Some(d) = &tun.pre_denial {
-        log_decision(
-            &event_id,
-            &tun.who,
-            &tun.listener,
-            &tun.target,
-            req.method(),
-            &path,
-            d,
-        );
-        return Refusal::new(d.reason, event_id).into_response();
+        let d = d.clone();
+        return refuse(&ctx, base(&d), Refusal::new(d.reason, &event_id)).await;
     }
     // 5.1 Host binding: stops domain fronting through an allowed tunnel.
     if let Err(detail) = check_authority(&req, &tun.target, h2) {
         let d = Decision::deny(Reason::HostMismatch);
-        log_decision(
-            &event_id,
-            &tun.who,
-            &tun.listener,
-            &tun.target,
-            req.method(),
-            &path,
-            &d,
-        );
-        return Refusal::new(Reason::HostMismatch, event_id)
+        let r = Refusal::new(Reason::HostMismatch, &event_id)
             .detail(detail)
-            .close()
-            .into_response();
+            .close();
+        return refuse(&ctx, base(&d), r).await;
     }
     if req.method() == Method::CONNECT {
-        return Refusal::new(Reason::BadRequest, event_id)
+        let d = Decision::deny(Reason::BadRequest);
+        let r = Refusal::new(Reason::BadRequest, &event_id)
             .detail("CONNECT inside a tunnel")
-            .close()
-            .into_response();
+            .close();
+        return refuse(&ctx, base(&d), r).await;
     }
     decide_and_forward(
         ctx,
@@ -209,6 +172,7 @@ pub async fn plaintext(
     event_id: String,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let snap = ctx.policy.load();
     let authority = req
         .uri()
         .authority()
@@ -217,10 +181,21 @@ pub async fn plaintext(
     let (host, port) = match split_host_port(&authority, 80) {
         Ok(x) => x,
         Err(e) => {
-            return Refusal::new(Reason::BadRequest, event_id)
+            let d = Decision::deny(Reason::BadRequest);
+            let v = Verdict {
+                event_id: &event_id,
+                who: Some(&who),
+                listener,
+                target: None,
+                method: Some(req.method().as_str()),
+                path: None,
+                decision: &d,
+                policy: &snap,
+            };
+            let r = Refusal::new(Reason::BadRequest, &event_id)
                 .detail(format!("bad URL host: {e}"))
-                .close()
-                .into_response()
+                .close();
+            return refuse(&ctx, v, r).await;
         }
     };
     let target = Target {
@@ -230,19 +205,20 @@ pub async fn plaintext(
     };
     if let Err(detail) = check_authority(&req, &target, false) {
         let d = Decision::deny(Reason::HostMismatch);
-        log_decision(
-            &event_id,
-            &who,
+        let v = Verdict {
+            event_id: &event_id,
+            who: Some(&who),
             listener,
-            &target,
-            req.method(),
-            req.uri().path(),
-            &d,
-        );
-        return Refusal::new(Reason::HostMismatch, event_id)
+            target: Some(&target),
+            method: Some(req.method().as_str()),
+            path: Some(req.uri().path()),
+            decision: &d,
+            policy: &snap,
+        };
+        let r = Refusal::new(Reason::HostMismatch, &event_id)
             .detail(detail)
-            .close()
-            .into_response();
+            .close();
+        return refuse(&ctx, v, r).await;
     }
     decide_and_forward(ctx, &who, listener, target, event_id, req, true).await
 }
@@ -311,32 +287,55 @@ async fn decide_and_forward(
     let websocket = h1 && is_websocket(&req);
     let has_upgrade = req.headers().contains_key(UPGRADE);
     let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
     // 5.3 Classification (provider, model, operation) plugs in here.
     // 5.4 Detectors plug in here.
     // 5.5 Decide.
-    let decision = match snap.policy.agent(&who.agent) {
+    let mut decision = match snap.policy.agent(&who.agent) {
         None => Decision::deny(Reason::AuthFailed),
         Some(agent) => snap.policy.decide(
             agent,
             &RequestFacts {
                 host: &target.host,
                 port: target.port,
-                method: req.method().as_str(),
+                method: &method,
                 path: &path,
                 plaintext: !target.tls,
                 websocket,
             },
         ),
     };
-    log_decision(
-        &event_id,
-        who,
+    // Step 6 ahead of the record: every resolved address must pass the SSRF
+    // table, so an SSRF refusal is audited as such.
+    if let (true, Some(route)) = (decision.is_allow(), decision.route.clone()) {
+        match ctx
+            .upstream
+            .check_destination(&target.host, target.port, &route)
+            .await
+        {
+            Err(e @ (ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. })) => {
+                tracing::warn!(error = %e, "destination refused by the SSRF guard");
+                decision = Decision::deny(Reason::SsrfBlocked);
+            }
+            // Resolution failures surface from the connector as 502s.
+            _ => {}
+        }
+    }
+    let verdict = Verdict {
+        event_id: &event_id,
+        who: Some(who),
         listener,
-        &target,
-        req.method(),
-        &path,
-        &decision,
-    );
+        target: Some(&target),
+        method: Some(&method),
+        path: Some(&path),
+        decision: &decision,
+        policy: &snap,
+    };
+    // 5.6 Audit before act: nothing leaves without a durable record.
+    if let Err(unavailable) = audit::record(&ctx, verdict).await {
+        return unavailable.close().into_response();
+    }
+    // 5.7 Act.
     let route = match (&decision.route, decision.is_allow()) {
         (Some(r), true) => r.clone(),
         _ => {
@@ -348,15 +347,7 @@ async fn decide_and_forward(
             return r.into_response();
         }
     };
-    // SSRF for IP literals is decided before any byte leaves (names are
-    // checked per resolved address in the connector).
-    if let Host::Ip(ip) = &target.host {
-        if classify_ip(*ip).is_some() && !route.allows_private(*ip) {
-            return Refusal::new(Reason::SsrfBlocked, event_id).into_response();
-        }
-    }
-    // 5.6 Audit before act: the ledger append goes here.
-    // 5.7 Act.
+    let outcome = OutcomeBase::new(&ctx, &event_id, who, &target, &snap);
     forward(
         ctx,
         who,
@@ -366,6 +357,7 @@ async fn decide_and_forward(
         event_id,
         req,
         websocket,
+        outcome,
     )
     .await
 }
@@ -413,8 +405,11 @@ async fn forward(
     event_id: String,
     mut req: Request<Incoming>,
     websocket: bool,
+    outcome: Arc<OutcomeBase>,
 ) -> Response<ProxyBody> {
     let started = tokio::time::Instant::now();
+    let elapsed_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let bytes_in = Arc::new(AtomicU64::new(0));
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let pq = parts
@@ -441,7 +436,7 @@ async fn forward(
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let up_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let up_req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()).boxed_unsync());
     let client = ctx
         .upstream
         .client(&who.tenant, &route, generation, websocket);
@@ -449,11 +444,28 @@ async fn forward(
         tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
     let mut resp = match result {
         Err(_) => {
-            return Refusal::new(Reason::UpstreamTimeout, event_id)
-                .detail("no response headers from upstream in time")
-                .into_response()
+            let r = Refusal::new(Reason::UpstreamTimeout, event_id)
+                .detail("no response headers from upstream in time");
+            outcome.finish(
+                Some(r.status_code().as_u16()),
+                bytes_in.load(Ordering::Relaxed),
+                0,
+                elapsed_ms(),
+                End::UpstreamError.as_str(),
+            );
+            return r.into_response();
         }
-        Ok(Err(e)) => return upstream_refusal(&e, event_id).into_response(),
+        Ok(Err(e)) => {
+            let r = upstream_refusal(&e, event_id);
+            outcome.finish(
+                Some(r.status_code().as_u16()),
+                bytes_in.load(Ordering::Relaxed),
+                0,
+                elapsed_ms(),
+                End::UpstreamError.as_str(),
+            );
+            return r.into_response();
+        }
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -487,18 +499,14 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     scrub_response_headers(&mut parts.headers, false, &event_id);
-    let outcome_event = event_id.clone();
-    let host = target.host.to_string();
-    // 5.8 Stream back unbuffered; 5.9 the outcome is reported when it ends.
+    // 5.8 Stream back unbuffered; 5.9 the outcome is recorded however it ends.
     let metered = Metered::new(body, move |bytes_out, end: End| {
-        tracing::info!(
-            target: "portcullis::outcome",
-            event_id = %outcome_event,
-            host = %host,
-            status = status.as_u16(),
+        outcome.finish(
+            Some(status.as_u16()),
+            bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            end = end.as_str(),
+            elapsed_ms(),
+            end.as_str(),
         );
     });
     let mut out = Response::from_parts(parts, metered.boxed_unsync());

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use portcullis_certs::{CacheOptions, CertificateAuthority, LeafCache};
-use portcullis_rules::{Config, ListenerAuth, Policy};
+use portcullis_ledger::{ConfigFacts, Ledger, LedgerError, LedgerOptions, SyncMode};
+use portcullis_rules::{Config, LedgerSync, ListenerAuth, Policy};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 use tokio::net::TcpListener;
@@ -32,6 +33,8 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamSetupError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("ledger: {}", .0.full_message())]
+    Ledger(#[from] LedgerError),
 }
 
 /// The policy in force, with its generation (SPEC §4.1). Requests take a
@@ -74,6 +77,7 @@ pub struct RuntimeLimits {
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
     pub policy: PolicyHolder,
+    pub ledger: Ledger,
     pub certs: LeafCache,
     pub upstream: Upstream,
     pub limits: RuntimeLimits,
@@ -101,6 +105,8 @@ pub struct RunningProxy {
     pub listeners: Vec<(String, SocketAddr)>,
     pub ca_cert_path: PathBuf,
     pub ca_created: bool,
+    pub ledger_dir: PathBuf,
+    pub ledger: Ledger,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
     conns: Arc<Semaphore>,
@@ -157,6 +163,32 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         },
     );
 
+    let ledger_dir = resolve_path(&base, &cfg.ledger.dir);
+    let ledger = Ledger::open(LedgerOptions {
+        dir: ledger_dir.clone(),
+        signing_key_path: ca_dir.join("ledger-signing.key"),
+        replica_id: cfg.ledger.replica_id.clone(),
+        sync: match cfg.ledger.sync {
+            LedgerSync::Batch => SyncMode::Batch,
+            _ => SyncMode::Always,
+        },
+        sync_interval: cfg.ledger.sync_interval,
+        checkpoint_every: cfg.ledger.checkpoint_every,
+        checkpoint_interval: cfg.ledger.checkpoint_interval,
+        segment_max_bytes: cfg.ledger.segment_max_bytes,
+        ..LedgerOptions::default()
+    })
+    .await?;
+    // Which policy is in force is itself evidence.
+    ledger
+        .append_config(ConfigFacts {
+            event_id: portcullis_ledger::new_event_id(),
+            policy_generation: 1,
+            policy_hash: cfg.policy.hash_hex().to_owned(),
+            source: "startup".into(),
+        })
+        .await?;
+
     let mut bound = Vec::new();
     for l in &cfg.listeners {
         let listener = TcpListener::bind(l.bind)
@@ -196,6 +228,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         policy: PolicyHolder::new(cfg.policy.clone()),
+        ledger: ledger.clone(),
         certs,
         upstream,
         limits: RuntimeLimits {
@@ -227,6 +260,8 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         listeners,
         ca_cert_path: CertificateAuthority::cert_path(&ca_dir),
         ca_created,
+        ledger_dir,
+        ledger,
         shutdown_tx,
         tasks,
         conns,

@@ -17,6 +17,8 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::audit::OutcomeBase;
+use crate::body::End;
 use crate::framing::FramingGuard;
 use crate::identity::Identity;
 use crate::pipeline::{self, Target};
@@ -177,7 +179,22 @@ const MAX_HELLO: usize = 64 * 1024;
 
 /// Passthrough: read the ClientHello, check its SNI equals the CONNECT host,
 /// then splice raw bytes to the origin (replaying the hello).
-pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
+pub async fn passthrough(
+    ctx: Arc<Ctx>,
+    tun: Arc<Tunnel>,
+    upgraded: Upgraded,
+    outcome: Arc<OutcomeBase>,
+) {
+    let started = tokio::time::Instant::now();
+    let (status, up, down, end) = splice(&ctx, &tun, upgraded).await;
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    outcome.finish(status, up, down, ms, end.as_str());
+}
+
+/// The passthrough splice; returns (status, bytes up, bytes down, end) for
+/// the outcome record. There is no HTTP status in a splice: `None`.
+async fn splice(ctx: &Ctx, tun: &Tunnel, upgraded: Upgraded) -> (Option<u16>, u64, u64, End) {
+    let fail = (None, 0, 0, End::ClientAbort);
     let mut client = TokioIo::new(upgraded);
     let hello =
         match tokio::time::timeout(ctx.limits.handshake_timeout, read_client_hello(&mut client))
@@ -186,26 +203,26 @@ pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "passthrough: no usable ClientHello; closing");
-                return;
+                return fail;
             }
             Err(_) => {
                 tracing::info!("passthrough: ClientHello timed out");
-                return;
+                return fail;
             }
         };
     match hello.sni.as_deref().map(Host::parse) {
         Some(Ok(h)) if h == tun.target.host => {}
         Some(_) => {
             tracing::warn!(connect = %tun.target.host, "passthrough: SNI does not match the CONNECT host; closing");
-            return;
+            return fail;
         }
         None => {
             tracing::warn!(connect = %tun.target.host, "passthrough: ClientHello has no SNI; closing");
-            return;
+            return fail;
         }
     }
     let Some(route) = tun.route.clone() else {
-        return;
+        return fail;
     };
     let mut origin = match ctx
         .upstream
@@ -215,19 +232,19 @@ pub async fn passthrough(ctx: Arc<Ctx>, tun: Arc<Tunnel>, upgraded: Upgraded) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "passthrough: cannot reach origin");
-            return;
+            return (None, 0, 0, End::UpstreamError);
         }
     };
     if origin.write_all(&hello.bytes).await.is_err() {
-        return;
+        return (None, 0, 0, End::UpstreamError);
     }
+    let hello_len = hello.bytes.len() as u64;
     match tokio::io::copy_bidirectional(&mut client, &mut origin).await {
-        Ok((up, down)) => tracing::info!(
-            bytes_up = up,
-            bytes_down = down,
-            "passthrough tunnel closed"
-        ),
-        Err(e) => tracing::debug!(error = %e, "passthrough tunnel ended with an error"),
+        Ok((up, down)) => (None, up + hello_len, down, End::Complete),
+        Err(e) => {
+            tracing::debug!(error = %e, "passthrough tunnel ended with an error");
+            (None, hello_len, 0, End::ClientAbort)
+        }
     }
 }
 

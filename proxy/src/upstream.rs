@@ -73,7 +73,15 @@ pub struct Shared {
     tls_timeout: Duration,
     /// The proxy's own listening addresses: never a valid destination.
     own: Vec<SocketAddr>,
+    /// Short-lived DNS answers, so the pipeline's SSRF pre-check and the
+    /// connector check (and dial) the same addresses.
+    dns: Mutex<HashMap<(String, u16), (tokio::time::Instant, Vec<SocketAddr>)>>,
 }
+
+/// How long a DNS answer is reused. Short: it only bridges the pre-check and
+/// the dial of one request.
+const DNS_TTL: Duration = Duration::from_secs(10);
+const DNS_CACHE_MAX: usize = 4096;
 
 pub struct UpstreamOptions<'a> {
     pub extra_ca: &'a [std::path::PathBuf],
@@ -150,6 +158,7 @@ impl Upstream {
             connect_timeout: opts.connect_timeout,
             tls_timeout: opts.tls_timeout,
             own: opts.own_addrs,
+            dns: Mutex::new(HashMap::new()),
         };
         Ok(Upstream {
             shared: Arc::new(shared),
@@ -194,6 +203,19 @@ impl Upstream {
             .clone()
     }
 
+    /// Step 6 ahead of time: resolves the target and checks every address,
+    /// so an SSRF refusal is decided (and audited) before anything is sent.
+    pub async fn check_destination(
+        &self,
+        host: &Host,
+        port: u16,
+        route: &Route,
+    ) -> Result<(), ConnectError> {
+        resolve_checked(&self.shared, host, port, route)
+            .await
+            .map(|_| ())
+    }
+
     /// Resolve, check and connect a raw TCP stream (passthrough routes).
     pub async fn dial(
         &self,
@@ -219,21 +241,40 @@ async fn resolve_checked(
     let addrs: Vec<SocketAddr> = match host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         Host::Name(name) => {
+            let key = (name.clone(), port);
+            let now = tokio::time::Instant::now();
+            let cached = {
+                let dns = shared.dns.lock().unwrap_or_else(|p| p.into_inner());
+                dns.get(&key)
+                    .filter(|(at, _)| now.duration_since(*at) < DNS_TTL)
+                    .map(|(_, a)| a.clone())
+            };
             let lookup = tokio::net::lookup_host((name.as_str(), port));
-            match tokio::time::timeout(shared.connect_timeout, lookup).await {
-                Ok(Ok(it)) => it.collect(),
-                Ok(Err(e)) => {
-                    return Err(ConnectError::Resolve {
-                        host: name.clone(),
-                        detail: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Resolve {
-                        host: name.clone(),
-                        detail: "timed out".into(),
-                    })
-                }
+            match cached {
+                Some(addrs) => addrs,
+                None => match tokio::time::timeout(shared.connect_timeout, lookup).await {
+                    Ok(Ok(it)) => {
+                        let addrs: Vec<SocketAddr> = it.collect();
+                        let mut dns = shared.dns.lock().unwrap_or_else(|p| p.into_inner());
+                        if dns.len() >= DNS_CACHE_MAX {
+                            dns.clear();
+                        }
+                        dns.insert(key, (now, addrs.clone()));
+                        addrs
+                    }
+                    Ok(Err(e)) => {
+                        return Err(ConnectError::Resolve {
+                            host: name.clone(),
+                            detail: e.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ConnectError::Resolve {
+                            host: name.clone(),
+                            detail: "timed out".into(),
+                        })
+                    }
+                },
             }
         }
     };

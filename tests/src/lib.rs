@@ -478,6 +478,7 @@ hosts = ["api.anthropic.com"]
 pub struct TestProxy {
     pub proxy: Option<RunningProxy>,
     pub addr: SocketAddr,
+    pub ledger_dir: PathBuf,
     pub ca_pem_path: PathBuf,
     pub ca_roots: rustls::RootCertStore,
     pub dir: tempfile::TempDir,
@@ -496,6 +497,7 @@ impl TestProxy {
         .await
         .unwrap();
         let addr = proxy.listeners[0].1;
+        let ledger_dir = proxy.ledger_dir.clone();
         let ca_pem_path = proxy.ca_cert_path.clone();
         let mut ca_roots = rustls::RootCertStore::empty();
         let pem = std::fs::read(&ca_pem_path).unwrap();
@@ -505,6 +507,7 @@ impl TestProxy {
         TestProxy {
             proxy: Some(proxy),
             addr,
+            ledger_dir,
             ca_pem_path,
             ca_roots,
             dir,
@@ -727,4 +730,100 @@ pub fn sdk_python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The `portcullis` binary built beside this test executable (cargo builds it
+/// for the proxy crate's own CLI tests in the same `cargo test --workspace`).
+pub fn portcullis_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("portcullis");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p portcullis`, or run the README's test command)",
+        bin.display()
+    );
+    bin
+}
+
+/// Every JSON record in a ledger directory's segments, in file order.
+pub fn ledger_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// A `portcullis run` child process, killed on drop.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ProxyProcess {
+    /// Starts the binary with `--config FILE` and waits for its `# ready` line.
+    pub fn start(config: &Path, cwd: &Path) -> ProxyProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(portcullis_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .current_dir(cwd)
+            .env("PORTCULLIS_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("# listening: forward=") {
+                    addr = a.parse::<SocketAddr>().ok();
+                }
+                if line == "# ready" {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .expect("proxy did not print its listening address and '# ready'");
+        ProxyProcess { child, addr }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -131,7 +131,7 @@ pub fn rehash(line: &str) -> String {
     let n = line.len();
     let body = format!("{}}}", &line[..n - 75]);
     let prev_at = body.rfind("\"prev\":\"").expect("prev") + 8;
-    let prev = format::decode_hash(body[prev_at..prev_at + 64].as_bytes()).expect("prev hex");
+    let prev = format::decode_hash(&body.as_bytes()[prev_at..prev_at + 64]).expect("prev hex");
     let hash = format::chain_hash(&prev, body.as_bytes());
     format!("{},\"hash\":\"{}\"}}", &line[..n - 75], hex::encode(hash))
 }
