@@ -48,3 +48,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test (workspace)"
 cargo test --workspace --locked --no-fail-fast
+
+# The benches print figures and assert none; CI only checks that they run.
+say "benches run (smoke, debug build, small sizes)"
+LEDGER_BENCH_RECORDS=256 cargo test -p portcullis-benches --benches --locked

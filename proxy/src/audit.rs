@@ -164,7 +164,7 @@ pub fn path_template(path: &str) -> String {
             out.push('/');
         }
         if i > 32 {
-            out.push_str("…");
+            out.push('…');
             break;
         }
         if seg.is_empty() {

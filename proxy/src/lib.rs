@@ -44,6 +44,7 @@
 //! approvals) have their places marked in [`pipeline`].
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod audit;
 pub mod body;

@@ -308,17 +308,14 @@ async fn decide_and_forward(
     // Step 6 ahead of the record: every resolved address must pass the SSRF
     // table, so an SSRF refusal is audited as such.
     if let (true, Some(route)) = (decision.is_allow(), decision.route.clone()) {
-        match ctx
+        // Resolution failures surface from the connector as 502s.
+        if let Err(e @ (ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. })) = ctx
             .upstream
             .check_destination(&target.host, target.port, &route)
             .await
         {
-            Err(e @ (ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. })) => {
-                tracing::warn!(error = %e, "destination refused by the SSRF guard");
-                decision = Decision::deny(Reason::SsrfBlocked);
-            }
-            // Resolution failures surface from the connector as 502s.
-            _ => {}
+            tracing::warn!(error = %e, "destination refused by the SSRF guard");
+            decision = Decision::deny(Reason::SsrfBlocked);
         }
     }
     let verdict = Verdict {

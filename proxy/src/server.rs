@@ -135,6 +135,10 @@ impl RunningProxy {
                 tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections")
             }
         }
+        // The final checkpoint anchors everything written so far.
+        if let Err(e) = self.ledger.shutdown().await {
+            tracing::error!(error = %e.full_message(), "ledger shutdown failed");
+        }
     }
 }
 

@@ -75,8 +75,11 @@ pub struct Shared {
     own: Vec<SocketAddr>,
     /// Short-lived DNS answers, so the pipeline's SSRF pre-check and the
     /// connector check (and dial) the same addresses.
-    dns: Mutex<HashMap<(String, u16), (tokio::time::Instant, Vec<SocketAddr>)>>,
+    dns: Mutex<HashMap<(String, u16), DnsAnswer>>,
 }
+
+/// When a name was resolved, and to what.
+type DnsAnswer = (tokio::time::Instant, Vec<SocketAddr>);
 
 /// How long a DNS answer is reused. Short: it only bridges the pre-check and
 /// the dial of one request.

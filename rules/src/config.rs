@@ -18,9 +18,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::catalog::{
+    builtin_provider_ids, ApiStyle, Catalog, KeyInjection, ModelSource, Operation, Provider,
+    ProviderHost,
+};
 use crate::decision::Action;
+use crate::detect::{DetectorMode, Detectors};
 use crate::host::{parse_port, Host, HostPattern};
-use crate::policy::{Agent, Mode, PathPattern, Policy, Route};
+use crate::narrow::NarrowSpec;
+use crate::policy::{Agent, Mode, ModelPattern, PathPattern, Policy, Route};
 
 /// The embedded default config: a loopback listener without auth, and one route that
 /// allows the well-known model provider APIs. Used when no `--config` is given.
@@ -355,6 +361,8 @@ struct RawConfig {
     agents: Vec<S<RawAgent>>,
     #[serde(default)]
     routes: Vec<S<RawRoute>>,
+    #[serde(default)]
+    providers: Vec<S<RawProvider>>,
 }
 
 #[derive(Deserialize)]
@@ -446,12 +454,41 @@ struct RawRoute {
     websocket: Option<bool>,
     allow_plaintext: Option<bool>,
     allow_private: Option<Vec<S<String>>>,
+    models: Option<S<Vec<S<String>>>>,
+    operations: Option<S<Vec<S<String>>>>,
+    providers: Option<S<Vec<S<String>>>>,
+    detectors: Option<S<RawDetectors>>,
+    narrow: Option<S<RawNarrow>>,
     // SPEC §4.1 keys that later versions implement. Accepted here only to say so clearly.
-    models: Option<S<toml::Value>>,
     inject_key: Option<S<toml::Value>>,
-    detectors: Option<S<toml::Value>>,
-    narrow: Option<S<toml::Value>>,
     budget: Option<S<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetectors {
+    injection: Option<S<String>>,
+    secrets: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNarrow {
+    max_tokens: Option<S<i64>>,
+    fallback_model: Option<S<String>>,
+    tools_allow: Option<S<Vec<S<String>>>>,
+    force_include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    id: Option<S<String>>,
+    hosts: Option<S<Vec<S<String>>>>,
+    api: Option<S<String>>,
+    model_from: Option<S<Vec<S<String>>>>,
+    auth_header: Option<S<String>>,
+    auth_format: Option<S<String>>,
 }
 
 /// A duration as written. Numbers are read only to explain that a unit is needed.
@@ -552,7 +589,13 @@ impl Errors<'_> {
         // broken agent does not also produce an error at each place that names it.
         let tenants = self.tenants(raw.tenants);
         let (agent_ids, agents) = self.agents(raw.agents, &tenants);
-        let routes = self.routes(raw.routes, &tenants, &agent_ids);
+        let (provider_ids, providers) = self.providers(raw.providers);
+        let known = Known {
+            tenants: &tenants,
+            agents: &agent_ids,
+            providers: &provider_ids,
+        };
+        let routes = self.routes(raw.routes, &known);
         let admin = self.admin(raw.admin);
         let listeners = self.listeners(raw.listeners, &agent_ids, &admin);
         let ca = self.ca(raw.ca);
@@ -568,7 +611,13 @@ impl Errors<'_> {
             upstream,
             limits,
             ledger,
-            policy: Arc::new(Policy::new(tenants, agents, routes, self.text)),
+            policy: Arc::new(Policy::new(
+                tenants,
+                agents,
+                routes,
+                Catalog::new(providers),
+                self.text,
+            )),
         }
     }
 
@@ -657,25 +706,14 @@ impl Errors<'_> {
         (ids, agents)
     }
 
-    fn routes(
-        &mut self,
-        raw: Vec<S<RawRoute>>,
-        tenants: &OrderedIds,
-        agents: &OrderedIds,
-    ) -> Vec<Route> {
+    fn routes(&mut self, raw: Vec<S<RawRoute>>, known: &Known<'_>) -> Vec<Route> {
         let mut seen = Seen::new();
         raw.into_iter()
-            .map(|route| self.route(route, tenants, agents, &mut seen))
+            .map(|route| self.route(route, known, &mut seen))
             .collect()
     }
 
-    fn route(
-        &mut self,
-        raw: S<RawRoute>,
-        known_tenants: &OrderedIds,
-        known_agents: &OrderedIds,
-        seen: &mut Seen,
-    ) -> Route {
+    fn route(&mut self, raw: S<RawRoute>, known: &Known<'_>, seen: &mut Seen) -> Route {
         let span = raw.span();
         let raw = raw.into_inner();
 
@@ -687,13 +725,7 @@ impl Errors<'_> {
             Some(id) => self.new_id("route", id, seen).unwrap_or_default(),
         };
 
-        for (key, value) in [
-            ("models", &raw.models),
-            ("inject_key", &raw.inject_key),
-            ("detectors", &raw.detectors),
-            ("narrow", &raw.narrow),
-            ("budget", &raw.budget),
-        ] {
+        for (key, value) in [("inject_key", &raw.inject_key), ("budget", &raw.budget)] {
             if let Some(value) = value {
                 self.at(
                     &value.span(),
@@ -711,10 +743,10 @@ impl Errors<'_> {
             );
         }
         let tenants = self.scope_list(raw.tenants, "tenants", "tenant", |id| {
-            known_tenants.contains(id)
+            known.tenants.contains(id)
         });
         let agents = self.scope_list(raw.agents, "agents", "agent", |id| {
-            known_agents.contains(id)
+            known.agents.contains(id)
         });
 
         let hosts = self.route_hosts(&span, raw.hosts);
@@ -725,14 +757,44 @@ impl Errors<'_> {
         let methods = self.optional_list(raw.methods.as_ref(), "methods", "method", parse_method);
         let paths = self.optional_list(raw.paths.as_ref(), "paths", "path", PathPattern::parse);
 
+        let models =
+            self.optional_list(raw.models.as_ref(), "models", "model", ModelPattern::parse);
+        let operations = self.optional_list(
+            raw.operations.as_ref(),
+            "operations",
+            "operation",
+            parse_operation,
+        );
+        let providers = self.optional_list(raw.providers.as_ref(), "providers", "provider", |id| {
+            known.provider(id)
+        });
+        let detectors = self.route_detectors(raw.detectors.as_ref());
+        let narrow = self.route_narrow(raw.narrow.as_ref(), raw.action.as_ref(), action, &models);
+
         if mode == Mode::Passthrough {
-            for (key, list) in [("methods", &raw.methods), ("paths", &raw.paths)] {
-                if let Some(list) = list {
+            let spans = [
+                ("methods", raw.methods.as_ref().map(Spanned::span)),
+                ("paths", raw.paths.as_ref().map(Spanned::span)),
+                ("models", raw.models.as_ref().map(Spanned::span)),
+                ("operations", raw.operations.as_ref().map(Spanned::span)),
+                ("detectors", raw.detectors.as_ref().map(Spanned::span)),
+                ("narrow", raw.narrow.as_ref().map(Spanned::span)),
+            ];
+            for (key, span) in spans {
+                if let Some(span) = span {
                     self.at(
-                        &list.span(),
+                        &span,
                         format!("a passthrough route cannot enforce `{key}` (the proxy never sees the requests inside); remove `{key}` or use mode = \"intercept\""),
                     );
                 }
+            }
+        }
+        if action == Action::Deny {
+            if let Some(raw_detectors) = &raw.detectors {
+                self.at(
+                    &raw_detectors.span(),
+                    "a deny route refuses every request it matches, so `detectors` has nothing to do; remove it, or use action = \"allow\"",
+                );
             }
         }
 
@@ -752,6 +814,11 @@ impl Errors<'_> {
             methods,
             paths,
             action,
+            models,
+            operations,
+            providers,
+            detectors,
+            narrow,
             mode,
             websocket: raw.websocket.unwrap_or(false),
             allow_plaintext,
@@ -786,28 +853,235 @@ impl Errors<'_> {
 
     /// A missing or unusable action becomes `Deny` (the config is rejected anyway).
     fn route_action(&mut self, route_span: &Range<usize>, raw: Option<&S<String>>) -> Action {
+        let choices = "\"allow\", \"deny\", \"narrow\" or \"warn\"";
         let Some(action) = raw else {
-            self.at(route_span, "route needs an `action`: \"allow\" or \"deny\"");
+            self.at(route_span, format!("route needs an `action`: {choices}"));
             return Action::Deny;
         };
         match action.get_ref().as_str() {
             "allow" => Action::Allow,
             "deny" => Action::Deny,
-            other @ ("narrow" | "approve" | "warn") => {
+            "narrow" => Action::Narrow,
+            "warn" => Action::Warn,
+            other @ "approve" => {
                 self.at(
                     &action.span(),
-                    format!("action \"{other}\" is not supported yet by this version of Portcullis; use \"allow\" or \"deny\""),
+                    format!("action \"{other}\" is not supported yet by this version of Portcullis; use {choices}"),
                 );
                 Action::Deny
             }
             other => {
                 self.at(
                     &action.span(),
-                    format!("unknown action \"{other}\"; use \"allow\" or \"deny\""),
+                    format!("unknown action \"{other}\"; use {choices}"),
                 );
                 Action::Deny
             }
         }
+    }
+
+    /// `detectors = { injection = "block", secrets = "warn" }`; omitted means off.
+    fn route_detectors(&mut self, raw: Option<&S<RawDetectors>>) -> Detectors {
+        let mut detectors = Detectors::default();
+        let Some(raw) = raw else {
+            return detectors;
+        };
+        let raw = raw.get_ref();
+        for (slot, value) in [
+            (&mut detectors.injection, &raw.injection),
+            (&mut detectors.secrets, &raw.secrets),
+        ] {
+            if let Some(value) = value {
+                match DetectorMode::parse(value.get_ref()) {
+                    Some(mode) => *slot = mode,
+                    None => self.at(
+                        &value.span(),
+                        format!(
+                            "unknown detector mode \"{}\"; use \"block\", \"warn\" or \"off\"",
+                            value.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+        detectors
+    }
+
+    /// `narrow = { … }`: present exactly when `action = "narrow"`, and sets something.
+    fn route_narrow(
+        &mut self,
+        raw: Option<&S<RawNarrow>>,
+        raw_action: Option<&S<String>>,
+        action: Action,
+        models: &[ModelPattern],
+    ) -> Option<NarrowSpec> {
+        let Some(table) = raw else {
+            if action == Action::Narrow {
+                let span = raw_action.map_or(0..0, Spanned::span);
+                self.at(
+                    &span,
+                    "action = \"narrow\" needs a `narrow` table saying how, as in `narrow = { max_tokens = 2048 }`",
+                );
+            }
+            return None;
+        };
+        if action != Action::Narrow {
+            self.at(
+                &table.span(),
+                "`narrow` only applies to a route with action = \"narrow\"; set the action, or remove `narrow`",
+            );
+            return None;
+        }
+        let span = table.span();
+        let table = table.get_ref();
+        let mut spec = NarrowSpec::default();
+        if table.max_tokens.is_none()
+            && table.fallback_model.is_none()
+            && table.tools_allow.is_none()
+            && table.force_include_usage.is_none()
+        {
+            self.at(
+                &span,
+                "`narrow` sets nothing; give at least one of max_tokens, fallback_model, tools_allow or force_include_usage",
+            );
+        }
+        if let Some(max) = &table.max_tokens {
+            spec.max_tokens = self.positive(Some(max.clone()));
+        }
+        if let Some(model) = &table.fallback_model {
+            let name = model.get_ref();
+            match ModelPattern::parse(name) {
+                Ok(ModelPattern::Exact(_)) => {
+                    let covered = models.is_empty() || models.iter().any(|p| p.matches(name));
+                    if covered {
+                        spec.fallback_model = Some(name.clone());
+                    } else {
+                        self.at(
+                            &model.span(),
+                            format!("fallback_model `{name}` is not in this route's `models`, so narrowing would still send a disallowed model; pick one of the listed models"),
+                        );
+                    }
+                }
+                Ok(ModelPattern::Prefix(_)) => self.at(
+                    &model.span(),
+                    format!("fallback_model `{name}` is a pattern; it must name one model, as in \"gpt-4o-mini\""),
+                ),
+                Err(message) => self.at(&model.span(), message),
+            }
+        }
+        if let Some(tools) = &table.tools_allow {
+            let mut names = Vec::new();
+            for tool in tools.get_ref() {
+                if tool.get_ref().trim().is_empty() {
+                    self.at(
+                        &tool.span(),
+                        "a tools_allow entry is empty; write a tool or function name",
+                    );
+                } else {
+                    names.push(tool.get_ref().clone());
+                }
+            }
+            spec.tools_allow = Some(names);
+        }
+        spec.force_include_usage = table.force_include_usage.unwrap_or(false);
+        Some(spec)
+    }
+
+    /// `[[providers]]`: catalog entries. Returns every declared id (valid or not, for
+    /// reference checks) with the built-in ids, and the valid entries.
+    fn providers(&mut self, raw: Vec<S<RawProvider>>) -> (OrderedIds, Vec<Provider>) {
+        let mut ids = OrderedIds::default();
+        for id in builtin_provider_ids() {
+            ids.push(id.to_owned());
+        }
+        let mut seen = Seen::new();
+        let mut providers = Vec::new();
+        for entry in raw {
+            let span = entry.span();
+            let entry = entry.into_inner();
+            let id = match &entry.id {
+                None => {
+                    self.at(&span, "provider needs an `id`, as in `id = \"local-vllm\"`; routes name it in `providers`");
+                    None
+                }
+                Some(id) => {
+                    if !ids.contains(id.get_ref()) {
+                        ids.push(id.get_ref().clone());
+                    }
+                    self.new_id("provider", id, &mut seen)
+                }
+            };
+            let hosts = match &entry.hosts {
+                None => {
+                    self.at(&span, "provider has no `hosts`; list the hosts it answers on, as in `hosts = [\"llm.example.com\"]`");
+                    None
+                }
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        self.at(
+                            &list.span(),
+                            "provider has an empty `hosts` list; list the hosts it answers on",
+                        );
+                    }
+                    let hosts: Vec<ProviderHost> = list
+                        .get_ref()
+                        .iter()
+                        .filter_map(|h| self.check(&h.span(), ProviderHost::parse(h.get_ref())))
+                        .collect();
+                    Some(hosts)
+                }
+            };
+            let api = match &entry.api {
+                None => Some(ApiStyle::OpenAi),
+                Some(api) => {
+                    let parsed = ApiStyle::parse(api.get_ref());
+                    if parsed.is_none() {
+                        let names: Vec<&str> = ApiStyle::ALL.iter().map(ApiStyle::as_str).collect();
+                        self.at(
+                            &api.span(),
+                            format!(
+                                "unknown api \"{}\"; use one of {}",
+                                api.get_ref(),
+                                names.join(", ")
+                            ),
+                        );
+                    }
+                    parsed
+                }
+            };
+            let model_from = match &entry.model_from {
+                None => vec![ModelSource::Body("model".to_owned())],
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        self.at(&list.span(), "provider has an empty `model_from` list; remove it for the default [\"body:model\"], or list sources");
+                    }
+                    list.get_ref()
+                        .iter()
+                        .filter_map(|m| self.check(&m.span(), ModelSource::parse(m.get_ref())))
+                        .collect()
+                }
+            };
+            let header = match &entry.auth_header {
+                None => Some("authorization".to_owned()),
+                Some(h) => self.check(&h.span(), parse_auth_header(h.get_ref())),
+            };
+            let format = match &entry.auth_format {
+                None => Some("Bearer {key}".to_owned()),
+                Some(f) => self.check(&f.span(), parse_auth_format(f.get_ref())),
+            };
+            if let (Some(id), Some(hosts), Some(api), Some(header), Some(format)) =
+                (id, hosts, api, header, format)
+            {
+                providers.push(Provider {
+                    id,
+                    hosts,
+                    api,
+                    model_from,
+                    key_injection: KeyInjection { header, format },
+                });
+            }
+        }
+        (ids, providers)
     }
 
     fn route_mode(&mut self, raw: Option<&S<String>>) -> Mode {
@@ -837,8 +1111,8 @@ impl Errors<'_> {
     ) -> Vec<u16> {
         let Some(list) = raw else {
             return match (action, allow_plaintext) {
-                (Action::Allow, false) => vec![443],
-                _ => vec![443, 80],
+                (Action::Deny, _) | (_, true) => vec![443, 80],
+                _ => vec![443],
             };
         };
         if list.get_ref().is_empty() {
@@ -1117,7 +1391,7 @@ impl Errors<'_> {
                 "batch" => ledger.sync = LedgerSync::Batch,
                 other => self.at(
                     &sync.span(),
-                    &format!("unknown ledger sync \"{other}\"; use \"always\" (fsync before forwarding) or \"batch\""),
+                    format!("unknown ledger sync \"{other}\"; use \"always\" (fsync before forwarding) or \"batch\""),
                 ),
             }
         }
@@ -1247,6 +1521,78 @@ impl Errors<'_> {
             }
         }
     }
+}
+
+/// The ids a route may refer to.
+struct Known<'a> {
+    tenants: &'a OrderedIds,
+    agents: &'a OrderedIds,
+    providers: &'a OrderedIds,
+}
+
+impl Known<'_> {
+    fn provider(&self, id: &str) -> Result<String, String> {
+        if self.providers.contains(id) {
+            Ok(id.to_owned())
+        } else {
+            Err(format!(
+                "unknown provider `{id}`; use a catalog id ({}) or declare it with [[providers]]",
+                self.providers.order.join(", ")
+            ))
+        }
+    }
+}
+
+fn parse_operation(s: &str) -> Result<Operation, String> {
+    Operation::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = Operation::ALL.iter().map(Operation::as_str).collect();
+        format!("unknown operation `{s}`; use one of {}", names.join(", "))
+    })
+}
+
+/// A header the proxy may set for a provider key: a lowercase token that is not a
+/// framing or hop-by-hop header.
+fn parse_auth_header(s: &str) -> Result<String, String> {
+    let token = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!(
+            "auth_header `{s}` is not a header name; write one like \"authorization\" or \"x-api-key\""
+        ));
+    }
+    let lower = s.to_ascii_lowercase();
+    const FORBIDDEN: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+    ];
+    if FORBIDDEN.contains(&lower.as_str()) {
+        return Err(format!(
+            "auth_header `{s}` is a framing or hop-by-hop header; keys go in a header such as \"authorization\""
+        ));
+    }
+    Ok(lower)
+}
+
+/// The header value with `{key}` exactly once, and no control characters.
+fn parse_auth_format(s: &str) -> Result<String, String> {
+    if s.matches("{key}").count() != 1 {
+        return Err(format!(
+            "auth_format `{s}` must contain `{{key}}` exactly once, as in \"Bearer {{key}}\""
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("auth_format has a control character (a line break?); write the header value on one line".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// Declared ids in file order, with a fast membership test.

@@ -1,5 +1,6 @@
 //! Decisions are values: an [`Action`], a stable [`Reason`] code and the route that
-//! produced them. The proxy turns a `Decision` into a response in exactly one place.
+//! produced them, plus the detector hits and narrowed fields the ledger records. The
+//! proxy turns a `Decision` into a response in exactly one place.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,15 +15,27 @@ pub enum Action {
     Allow,
     /// Answer it locally with an error.
     Deny,
+    /// Rewrite the body within the route's bounds, then forward it.
+    Narrow,
+    /// Forward it, but mark the record and notify.
+    Warn,
 }
 
 impl Action {
-    /// `"allow"` or `"deny"`: the value of a route's `action` and of the ledger's `decision`.
+    /// `"allow"`, `"deny"`, `"narrow"` or `"warn"`: the value of a route's `action` and
+    /// of the ledger's `decision`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Action::Allow => "allow",
             Action::Deny => "deny",
+            Action::Narrow => "narrow",
+            Action::Warn => "warn",
         }
+    }
+
+    /// Whether a request with this action is forwarded (allow, narrow, warn).
+    pub fn proceeds(&self) -> bool {
+        !matches!(self, Action::Deny)
     }
 }
 
@@ -79,6 +92,22 @@ pub enum Reason {
     LedgerUnavailable,
     /// The proxy is draining.
     ShuttingDown,
+    /// A route has the host and path, but not this model.
+    ModelNotAllowed,
+    /// A route has the host and path, but not this operation.
+    OperationNotAllowed,
+    /// A route has the host, but not this provider.
+    ProviderNotAllowed,
+    /// The prompt-injection detector fired on a route that blocks or warns on it.
+    InjectionDetected,
+    /// A provider key format was found in the request on a route that blocks or warns.
+    SecretDetected,
+    /// A key from the vault was on its way to a host other than its provider's.
+    VaultKeyLeak,
+    /// A narrow route matched (the body may have been rewritten).
+    RouteNarrow,
+    /// A warn route matched.
+    RouteWarn,
 }
 
 impl Reason {
@@ -105,6 +134,14 @@ impl Reason {
         Reason::ResolveFailed,
         Reason::LedgerUnavailable,
         Reason::ShuttingDown,
+        Reason::ModelNotAllowed,
+        Reason::OperationNotAllowed,
+        Reason::ProviderNotAllowed,
+        Reason::InjectionDetected,
+        Reason::SecretDetected,
+        Reason::VaultKeyLeak,
+        Reason::RouteNarrow,
+        Reason::RouteWarn,
     ];
 
     /// The stable snake_case code.
@@ -131,6 +168,14 @@ impl Reason {
             Reason::ResolveFailed => "resolve_failed",
             Reason::LedgerUnavailable => "ledger_unavailable",
             Reason::ShuttingDown => "shutting_down",
+            Reason::ModelNotAllowed => "model_not_allowed",
+            Reason::OperationNotAllowed => "operation_not_allowed",
+            Reason::ProviderNotAllowed => "provider_not_allowed",
+            Reason::InjectionDetected => "injection_detected",
+            Reason::SecretDetected => "secret_detected",
+            Reason::VaultKeyLeak => "vault_key_leak",
+            Reason::RouteNarrow => "route_narrow",
+            Reason::RouteWarn => "route_warn",
         }
     }
 
@@ -176,6 +221,22 @@ impl Reason {
                 "The audit ledger is unavailable, so the proxy refuses requests until it recovers."
             }
             Reason::ShuttingDown => "The proxy is shutting down; retry shortly.",
+            Reason::ModelNotAllowed => "This model is not allowed for this destination.",
+            Reason::OperationNotAllowed => {
+                "This operation is not allowed for this destination."
+            }
+            Reason::ProviderNotAllowed => "This model provider is not allowed.",
+            Reason::InjectionDetected => {
+                "The request looks like a prompt-injection attempt and was blocked."
+            }
+            Reason::SecretDetected => {
+                "The request contains what looks like an API key or other credential, which may not leave."
+            }
+            Reason::VaultKeyLeak => {
+                "The request carries a provider key held by the proxy to a host of another provider, which is always blocked."
+            }
+            Reason::RouteNarrow => "The request is allowed by policy within narrowed bounds.",
+            Reason::RouteWarn => "The request is allowed by policy and flagged for review.",
         }
     }
 }
@@ -189,12 +250,17 @@ impl fmt::Display for Reason {
 /// The outcome of a policy check.
 #[derive(Clone, Debug)]
 pub struct Decision {
-    /// Allow or deny.
+    /// Allow, deny, narrow or warn.
     pub action: Action,
     /// The stable reason code.
     pub reason: Reason,
     /// The route that decided, if one did (`None` for "no route" and non-policy denials).
     pub route: Option<Arc<Route>>,
+    /// Detector hits as ledger ids (`"injection:ignore_previous"`); never matched text.
+    /// Empty unless [`crate::Policy::evaluate`] ran detectors.
+    pub detectors: Vec<String>,
+    /// Names of the body fields narrowing changed (`["max_tokens", "model"]`).
+    pub narrowed: Vec<String>,
 }
 
 impl Decision {
@@ -204,6 +270,8 @@ impl Decision {
             action: Action::Deny,
             reason,
             route: None,
+            detectors: Vec::new(),
+            narrowed: Vec::new(),
         }
     }
 
@@ -213,6 +281,8 @@ impl Decision {
             action: Action::Allow,
             reason: Reason::RouteAllow,
             route: Some(route),
+            detectors: Vec::new(),
+            narrowed: Vec::new(),
         }
     }
 
@@ -222,6 +292,19 @@ impl Decision {
             action: Action::Deny,
             reason: Reason::RouteDeny,
             route: Some(route),
+            detectors: Vec::new(),
+            narrowed: Vec::new(),
+        }
+    }
+
+    /// A decision with any action and reason, by `route` (or by none).
+    pub fn new(action: Action, reason: Reason, route: Option<Arc<Route>>) -> Decision {
+        Decision {
+            action,
+            reason,
+            route,
+            detectors: Vec::new(),
+            narrowed: Vec::new(),
         }
     }
 
@@ -230,8 +313,10 @@ impl Decision {
         self.route.as_deref().map(|route| route.id.as_str())
     }
 
-    /// True when the request may proceed.
+    /// True when the request may proceed: allow, warn, or narrow. A narrow decision
+    /// from [`crate::Policy::evaluate`] must forward [`crate::Evaluation::narrowed`]'s
+    /// body when it has one.
     pub fn is_allow(&self) -> bool {
-        self.action == Action::Allow
+        self.action.proceeds()
     }
 }

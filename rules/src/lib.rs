@@ -1,8 +1,9 @@
 //! # portcullis-rules: what may leave, and why
 //!
 //! This crate owns Portcullis's policy: the config file format and its validation, host
-//! canonicalization and matching, the SSRF deny table, and the decision function. It is
-//! pure: no sockets, no tokio, no files. The proxy reads the config text, hands it to
+//! canonicalization and matching, the SSRF deny table, the provider catalog and request
+//! classification, the detectors, narrowing, and the decision function. It is pure: no
+//! sockets, no tokio, no files. The proxy reads the config text, hands it to
 //! [`parse_config`], and asks the resulting [`Policy`] questions.
 //!
 //! ## The config file
@@ -27,8 +28,16 @@
 //! hosts = ["api.openai.com", "*.openai.azure.com"]
 //! methods = ["POST"]            # omit for any
 //! paths = ["/v1/chat/completions", "/v1/*"]   # omit for any
-//! action = "allow"              # allow | deny
+//! providers = ["openai", "azure_openai"]      # catalog ids; omit for any
+//! operations = ["chat"]                       # omit for any
+//! models = ["gpt-4o-mini", "gpt-4.1-*"]       # omit for any
+//! detectors = { injection = "block", secrets = "warn" }
+//! action = "allow"              # allow | deny | narrow | warn
 //! ```
+//!
+//! `action = "narrow"` takes a `narrow = { max_tokens, fallback_model, tools_allow,
+//! force_include_usage }` table; `[[providers]]` entries extend the catalog. The
+//! commented example in [`EMBEDDED_DEFAULT`] shows every key.
 //!
 //! [`parse_config`] reports every problem at once, each as `file:line:col: message` with
 //! a suggested fix. [`EMBEDDED_DEFAULT`] is the config used when no file is given: it
@@ -39,19 +48,36 @@
 //! 1. **Identify.** [`Policy::authenticate`] checks `agent_id:token` from
 //!    `Proxy-Authorization` against the stored SHA-256, in constant time.
 //! 2. **Pre-check.** At `CONNECT host:port`, [`Policy::precheck`] finds the first route
-//!    for that agent whose hosts and ports match. Its [`Mode`] says whether the tunnel is
-//!    intercepted or passed through. No such route means the tunnel is refused.
-//! 3. **Decide.** For each HTTP request inside, [`Policy::decide`] walks the routes in
-//!    file order. **The first route that fully matches wins** (agent or tenant, host,
-//!    port, method, path, plus plain HTTP and WebSocket permissions). **No match means
-//!    deny**, with the most specific near miss as the reason (`method_not_allowed`,
-//!    `path_not_allowed`, …, `no_route`).
+//!    for that agent whose hosts, ports and providers match. Its [`Mode`] says whether
+//!    the tunnel is intercepted or passed through. No such route means the tunnel is
+//!    refused.
+//! 3. **Evaluate.** For each HTTP request inside, [`Policy::evaluate`]:
+//!    - *classifies* it against the provider catalog ([`Classification`]: provider,
+//!      model, [`Operation`], streaming, key injection);
+//!    - scans the URL, headers and body for the vault's own keys ([`VaultScanner`]): a
+//!      key on its way to another provider's host is refused, whatever the routes say;
+//!    - walks the routes in file order. **The first route that fully matches wins**
+//!      (agent or tenant, host, port, method, path, provider, operation, model, plus
+//!      plain HTTP and WebSocket permissions). **No match means deny**, with the most
+//!      specific near miss as the reason (`model_not_allowed`, `method_not_allowed`, …,
+//!      `no_route`). A route that must read the body and did not get all of it refuses
+//!      the request (`body_too_large`);
+//!    - runs the route's detectors (prompt injection over the normalized prompt text,
+//!      provider key formats anywhere): a blocking hit denies, a warning hit warns;
+//!    - narrows the body for a narrow route ([`Narrowed`]: the new body and the names
+//!      of the fields that changed).
+//!
+//!    [`Policy::decide`] is the same walk without a body.
 //! 4. **Dial.** Before connecting, the proxy runs every resolved address through
 //!    [`classify_ip`]; anything internal is refused unless the route's `allow_private`
 //!    covers it ([`Route::allows_private`]).
+//! 5. **Respond.** A [`Redactor`] replaces vault keys and key formats in the response
+//!    stream with `[REDACTED]`, across chunk boundaries.
 //!
 //! A [`Decision`] is a value: an [`Action`], a stable [`Reason`] code (the same string
-//! in the ledger, the metrics and the client's error body) and the deciding route.
+//! in the ledger, the metrics and the client's error body), the deciding route, the
+//! detector hits (ids only, never matched text) and the narrowed field names.
+//! [`explain`] runs the same evaluation and reports every route it looked at.
 //!
 //! Hosts are compared only in canonical form ([`Host::parse`]): lowercase, no trailing
 //! dot, punycode for IDNs, and every IPv4 spelling (`0x7f.1`, `2130706433`) folded to
@@ -59,18 +85,35 @@
 
 #![forbid(unsafe_code)]
 
+mod catalog;
 mod config;
 mod decision;
+mod detect;
+mod evaluate;
+mod explain;
 mod host;
+mod narrow;
 mod policy;
 mod ssrf;
 
+pub use catalog::{
+    builtin_provider_ids, ApiStyle, Classification, DestinationKind, KeyInjection, ModelSource,
+    Operation, Provider, ProviderHost,
+};
 pub use config::{
     parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, LedgerConfig,
     LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
     EMBEDDED_DEFAULT,
 };
 pub use decision::{Action, Decision, Reason};
+pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};
+pub use detect::redact::{redact, Redactor, REDACTED};
+pub use detect::secrets::{detect_secrets, secret_format_ids};
+pub use detect::vault::{VaultHit, VaultScanner};
+pub use detect::{DetectorHit, DetectorMode, Detectors};
+pub use evaluate::{Evaluation, Inspection};
+pub use explain::{explain, Explanation, RouteStep};
 pub use host::{split_host_port, Host, HostError, HostPattern};
-pub use policy::{Agent, Mode, PathPattern, Policy, RequestFacts, Route};
+pub use narrow::{NarrowSpec, Narrowed};
+pub use policy::{Agent, Mode, ModelPattern, PathPattern, Policy, RequestFacts, Route};
 pub use ssrf::{classify_ip, SsrfClass};

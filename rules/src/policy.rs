@@ -12,8 +12,11 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::catalog::{Catalog, Classification, Operation, Provider};
 use crate::decision::{Action, Decision, Reason};
+use crate::detect::Detectors;
 use crate::host::{wildcard_key, Host, HostPattern};
+use crate::narrow::NarrowSpec;
 
 /// How an allowed CONNECT tunnel is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,8 +56,19 @@ pub struct Route {
     pub methods: Vec<String>,
     /// Empty means any path.
     pub paths: Vec<PathPattern>,
-    /// Allow or deny.
+    /// Allow, deny, narrow or warn.
     pub action: Action,
+    /// Models the route covers (exact, or a trailing-`*` prefix; case-insensitive).
+    /// Empty means any model, including none.
+    pub models: Vec<ModelPattern>,
+    /// Operations the route covers; empty means any.
+    pub operations: Vec<Operation>,
+    /// Catalog provider ids the route covers; empty means any destination.
+    pub providers: Vec<String>,
+    /// Which detectors run, and what a hit does.
+    pub detectors: Detectors,
+    /// How a narrow route rewrites requests (`Some` exactly when `action` is narrow).
+    pub narrow: Option<NarrowSpec>,
     /// Default intercept.
     pub mode: Mode,
     /// Whether WebSocket upgrades may use this (allow) route. Default false.
@@ -95,35 +109,133 @@ impl Route {
         self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path))
     }
 
-    /// A deny route that denies every request on its hosts and ports, so the tunnel
-    /// itself can be refused at CONNECT time.
-    fn denies_everything(&self) -> bool {
-        self.action == Action::Deny && self.methods.is_empty() && self.paths.is_empty()
+    /// Whether a request with this provider can match (host-level: the provider
+    /// follows from the host).
+    fn matches_provider(&self, provider: Option<&str>) -> bool {
+        self.providers.is_empty()
+            || provider.is_some_and(|p| self.providers.iter().any(|id| id == p))
     }
 
-    /// For an allow route: why `req` does not match it, or `None` when it does.
-    fn allow_mismatch(&self, req: &RequestFacts<'_>) -> Option<Reason> {
+    fn matches_operation(&self, operation: Option<Operation>) -> bool {
+        self.operations.is_empty() || operation.is_some_and(|op| self.operations.contains(&op))
+    }
+
+    /// Whether `model` is covered. A route with `models` never covers "no model".
+    pub fn matches_model(&self, model: Option<&str>) -> bool {
+        self.models.is_empty() || model.is_some_and(|m| self.models.iter().any(|p| p.matches(m)))
+    }
+
+    /// Whether deciding on this route needs the whole request body: it runs detectors,
+    /// checks models, or narrows. A body that was not read, or was cut at
+    /// `max_inspect_body`, is then refused with `body_too_large` rather than passed
+    /// uninspected.
+    pub fn requires_inspection(&self) -> bool {
+        self.detectors.any() || !self.models.is_empty() || self.action == Action::Narrow
+    }
+
+    /// A narrow route that replaces a disallowed model instead of refusing it.
+    fn falls_back(&self) -> bool {
+        self.narrow
+            .as_ref()
+            .is_some_and(|n| n.fallback_model.is_some())
+    }
+
+    /// A deny route that denies every request on its hosts and ports (for a host of
+    /// `provider`), so the tunnel itself can be refused at CONNECT time.
+    fn denies_everything(&self, provider: Option<&str>) -> bool {
+        self.action == Action::Deny
+            && self.methods.is_empty()
+            && self.paths.is_empty()
+            && self.models.is_empty()
+            && self.operations.is_empty()
+            && self.matches_provider(provider)
+    }
+
+    /// The checks that need no body, in the order near misses are found: why `req`
+    /// does not match, or `None`. Deny routes skip the plaintext and websocket gates:
+    /// those are permissions, and must not let a request slip past a deny.
+    fn mismatch(&self, req: &RequestFacts<'_>, class: &Classification) -> Option<Reason> {
         if !self.ports.contains(&req.port) {
             Some(Reason::PortNotAllowed)
         } else if !self.matches_method(req.method) {
             Some(Reason::MethodNotAllowed)
         } else if !self.matches_path(req.path) {
             Some(Reason::PathNotAllowed)
-        } else if req.plaintext && !self.allow_plaintext {
+        } else if self.action != Action::Deny && req.plaintext && !self.allow_plaintext {
             Some(Reason::PlaintextNotAllowed)
-        } else if req.websocket && !self.websocket {
+        } else if self.action != Action::Deny && req.websocket && !self.websocket {
             Some(Reason::WebsocketNotAllowed)
+        } else if !self.matches_provider(class.provider.as_deref()) {
+            Some(Reason::ProviderNotAllowed)
+        } else if !self.matches_operation(class.operation) {
+            Some(Reason::OperationNotAllowed)
         } else {
             None
         }
     }
+}
 
-    /// For a deny route: whether it covers `req`. Deny routes ignore the plaintext and
-    /// websocket gates: those are permissions, and must not let a request slip past a deny.
-    fn deny_matches(&self, req: &RequestFacts<'_>) -> bool {
-        self.ports.contains(&req.port)
-            && self.matches_method(req.method)
-            && self.matches_path(req.path)
+/// One entry of a route's `models`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelPattern {
+    /// `gpt-4o-mini`: this model only (ASCII case-insensitive).
+    Exact(String),
+    /// `gpt-4.1-*`, stored without the `*`: any model starting with it.
+    Prefix(String),
+}
+
+impl ModelPattern {
+    /// Parse `gpt-4o-mini` or `gpt-4.1-*` (a `*` only at the very end). The error says
+    /// how to fix the pattern.
+    pub fn parse(s: &str) -> Result<ModelPattern, String> {
+        if s.is_empty() {
+            return Err("a model is empty; write a model name such as \"gpt-4o-mini\"".to_owned());
+        }
+        if s == "*" {
+            return Err(
+                "model `*` matches every model; remove `models` to allow any model, or list them"
+                    .to_owned(),
+            );
+        }
+        if let Some(bad) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "model `{s}` has the character {bad:?}; write the model name as the API takes it"
+            ));
+        }
+        let (body, prefix) = match s.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (s, false),
+        };
+        if body.contains('*') {
+            return Err(format!(
+                "model `{s}` has a `*` that is not at the end; only a trailing `*` is allowed, as in `gpt-4.1-*`"
+            ));
+        }
+        let body = body.to_ascii_lowercase();
+        Ok(if prefix {
+            ModelPattern::Prefix(body)
+        } else {
+            ModelPattern::Exact(body)
+        })
+    }
+
+    /// Whether `model` matches, ignoring ASCII case.
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelPattern::Exact(want) => model.eq_ignore_ascii_case(want),
+            ModelPattern::Prefix(prefix) => model
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix)),
+        }
+    }
+}
+
+impl fmt::Display for ModelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelPattern::Exact(model) => f.write_str(model),
+            ModelPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
     }
 }
 
@@ -270,6 +382,7 @@ pub struct Policy {
     agent_index: HashMap<String, usize>,
     routes: Vec<Arc<Route>>,
     index: HostIndex,
+    pub(crate) catalog: Catalog,
     hash_hex: String,
 }
 
@@ -283,6 +396,7 @@ impl Policy {
         tenants: Vec<String>,
         agents: Vec<Agent>,
         routes: Vec<Route>,
+        catalog: Catalog,
         source: &str,
     ) -> Policy {
         let agent_index = agents
@@ -298,8 +412,24 @@ impl Policy {
             agent_index,
             routes,
             index,
+            catalog,
             hash_hex: hex::encode(Sha256::digest(source.as_bytes())),
         }
+    }
+
+    /// The provider catalog in effect: config entries, then the built-ins.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        self.catalog.providers()
+    }
+
+    /// The catalog entry with this id.
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.catalog.get(id)
+    }
+
+    /// The catalog entry that answers on `host`, if any.
+    pub fn provider_for(&self, host: &Host) -> Option<&Arc<Provider>> {
+        self.catalog.provider_for(host)
     }
 
     /// SHA-256 of the config text it came from (hex, 64 chars).
@@ -348,74 +478,138 @@ impl Policy {
     /// CONNECT-time pre-check (SPEC §3 step 3).
     ///
     /// Walks the routes that apply to `agent` and name `host`, in file order:
-    /// - an allow route with the port wins: `Ok(route)`, whose `mode` says intercept or
-    ///   passthrough;
-    /// - a deny route with the port and no method/path condition refuses the tunnel
-    ///   (`RouteDeny`); one with conditions is left for [`Policy::decide`] per request;
-    /// - otherwise `PortNotAllowed` if an allow route had the host but not the port,
-    ///   else `NoRoute`.
+    /// - an allow, narrow or warn route with the port wins: `Ok(route)`, whose `mode`
+    ///   says intercept or passthrough;
+    /// - a deny route with the port and no per-request condition (method, path, model,
+    ///   operation) refuses the tunnel (`RouteDeny`); one with conditions is left for
+    ///   [`Policy::evaluate`] per request;
+    /// - routes whose `providers` exclude the host's provider are skipped;
+    /// - otherwise `ProviderNotAllowed` or `PortNotAllowed` if a route had the host but
+    ///   not the provider or port, else `NoRoute`.
     ///
     /// An IP-literal host only matches a route that names that IP. A passthrough route
     /// behind a conditional deny route for the same host is refused, because nothing
     /// inside a spliced tunnel can be checked against that deny.
     pub fn precheck(&self, agent: &Agent, host: &Host, port: u16) -> Result<Arc<Route>, Decision> {
+        let provider = self.catalog.provider_for(host).map(|p| p.id.as_str());
         let mut port_missed = false;
+        let mut provider_missed = false;
         let mut pending_deny: Option<&Arc<Route>> = None;
         for route in self.candidates(agent, host) {
-            if !route.ports.contains(&port) {
-                port_missed |= route.action == Action::Allow;
+            if !route.matches_provider(provider) {
+                provider_missed |= route.action != Action::Deny;
                 continue;
             }
-            match route.action {
-                Action::Deny if route.denies_everything() => {
+            if !route.ports.contains(&port) {
+                port_missed |= route.action != Action::Deny;
+                continue;
+            }
+            if route.action == Action::Deny {
+                if route.denies_everything(provider) {
                     return Err(Decision::deny_by(Arc::clone(route)));
                 }
-                Action::Deny => {
-                    pending_deny.get_or_insert(route);
-                }
-                Action::Allow => {
-                    if let (Mode::Passthrough, Some(deny)) = (route.mode, pending_deny) {
-                        return Err(Decision::deny_by(Arc::clone(deny)));
-                    }
-                    return Ok(Arc::clone(route));
-                }
+                pending_deny.get_or_insert(route);
+                continue;
             }
+            if let (Mode::Passthrough, Some(deny)) = (route.mode, pending_deny) {
+                return Err(Decision::deny_by(Arc::clone(deny)));
+            }
+            return Ok(Arc::clone(route));
         }
-        Err(Decision::deny(if port_missed {
+        Err(Decision::deny(if provider_missed {
+            Reason::ProviderNotAllowed
+        } else if port_missed {
             Reason::PortNotAllowed
         } else {
             Reason::NoRoute
         }))
     }
 
-    /// Per-request decision (SPEC §4.1).
+    /// Per-request decision without the body (SPEC §4.1): [`Policy::evaluate`] with a
+    /// body that was not read and an empty vault.
     ///
     /// Routes in file order; the first full match wins. An allow route must match the
-    /// agent or tenant, host, port, method and path, and grant plain HTTP
-    /// (`allow_plaintext`) and WebSocket (`websocket`) when the request uses them. A deny
-    /// route matches on agent, host, port, method and path alone. No match is a deny,
-    /// whose reason is the most specific near miss among the allow routes that apply to
-    /// the agent and host: method > path > plaintext/websocket > port > no route.
+    /// agent or tenant, host, port, method and path, grant plain HTTP
+    /// (`allow_plaintext`) and WebSocket (`websocket`) when the request uses them, and
+    /// cover the request's provider and operation. A deny route matches on agent, host,
+    /// port, method, path, provider and operation (and model). No match is a deny,
+    /// whose reason is the most specific near miss among the routes that apply to the
+    /// agent and host: model > operation > provider > method > path >
+    /// plaintext/websocket > port > no route.
+    ///
+    /// A route that needs the body (detectors, `models`, narrow) is refused here with
+    /// `body_too_large`: without the body it cannot be checked. Use
+    /// [`Policy::evaluate`] for those.
     pub fn decide(&self, agent: &Agent, req: &RequestFacts<'_>) -> Decision {
+        self.evaluate_with(
+            agent,
+            req,
+            &crate::evaluate::Inspection::NOT_READ,
+            None,
+            &mut NoTrace,
+        )
+        .decision
+    }
+
+    /// Walk the candidate routes for a classified request: first match wins.
+    /// `inspectable` says the whole body was read.
+    pub(crate) fn walk(
+        &self,
+        agent: &Agent,
+        req: &RequestFacts<'_>,
+        class: &Classification,
+        inspectable: bool,
+        trace: &mut impl Trace,
+    ) -> Walk {
         let mut near_miss = Reason::NoRoute;
         for route in self.candidates(agent, req.host) {
-            match route.action {
-                Action::Deny => {
-                    if route.deny_matches(req) {
-                        return Decision::deny_by(Arc::clone(route));
-                    }
+            if let Some(reason) = route.mismatch(req, class) {
+                // A deny route that does not match gives no near-miss hint.
+                if route.action != Action::Deny
+                    && near_miss_rank(reason) > near_miss_rank(near_miss)
+                {
+                    near_miss = reason;
                 }
-                Action::Allow => match route.allow_mismatch(req) {
-                    None => return Decision::allow(Arc::clone(route)),
-                    Some(reason) => {
-                        if near_miss_rank(reason) > near_miss_rank(near_miss) {
-                            near_miss = reason;
-                        }
-                    }
-                },
+                trace.step(route, Step::Skip(reason));
+                continue;
             }
+            if route.requires_inspection() && !inspectable {
+                trace.step(route, Step::Uninspectable);
+                return Walk::Decided(Decision::new(
+                    Action::Deny,
+                    Reason::BodyTooLarge,
+                    Some(Arc::clone(route)),
+                ));
+            }
+            let model_ok = route.matches_model(class.model.as_deref());
+            if route.action == Action::Deny {
+                if model_ok {
+                    trace.step(route, Step::Match);
+                    return Walk::Decided(Decision::deny_by(Arc::clone(route)));
+                }
+                trace.step(route, Step::Skip(Reason::ModelNotAllowed));
+                continue;
+            }
+            if model_ok {
+                trace.step(route, Step::Match);
+                return Walk::Matched {
+                    route: Arc::clone(route),
+                    replace_model: false,
+                };
+            }
+            if route.falls_back() {
+                trace.step(route, Step::MatchWithFallback);
+                return Walk::Matched {
+                    route: Arc::clone(route),
+                    replace_model: true,
+                };
+            }
+            if near_miss_rank(Reason::ModelNotAllowed) > near_miss_rank(near_miss) {
+                near_miss = Reason::ModelNotAllowed;
+            }
+            trace.step(route, Step::Skip(Reason::ModelNotAllowed));
         }
-        Decision::deny(near_miss)
+        Walk::Missed(near_miss)
     }
 
     /// Routes that apply to `agent` and whose hosts match `host`, in file order.
@@ -431,9 +625,59 @@ impl Policy {
     }
 }
 
+/// How the walk over the routes ended.
+pub(crate) enum Walk {
+    /// An allow, narrow or warn route matched. `replace_model`: the model is outside the
+    /// route's `models` and narrowing must put the fallback model in its place.
+    Matched {
+        route: Arc<Route>,
+        replace_model: bool,
+    },
+    /// Decided during the walk: a deny route matched, or a route that needs the body
+    /// could not inspect it.
+    Decided(Decision),
+    /// No route matched; the most specific near miss.
+    Missed(Reason),
+}
+
+/// What happened at one candidate route, for `explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The route did not match, for this reason.
+    Skip(Reason),
+    /// The route matched.
+    Match,
+    /// A narrow route matched, and will replace the model with its fallback.
+    MatchWithFallback,
+    /// The route matched all it can without the body, and needs the body.
+    Uninspectable,
+}
+
+/// Records the walk. The hot path uses [`NoTrace`], which compiles to nothing.
+pub(crate) trait Trace {
+    fn step(&mut self, route: &Arc<Route>, step: Step);
+}
+
+/// A trace that records nothing.
+pub(crate) struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline]
+    fn step(&mut self, _route: &Arc<Route>, _step: Step) {}
+}
+
+impl<T: Trace> Trace for &mut T {
+    fn step(&mut self, route: &Arc<Route>, step: Step) {
+        (**self).step(route, step);
+    }
+}
+
 /// How specific a near miss is; the highest one is reported.
 fn near_miss_rank(reason: Reason) -> u8 {
     match reason {
+        Reason::ModelNotAllowed => 7,
+        Reason::OperationNotAllowed => 6,
+        Reason::ProviderNotAllowed => 5,
         Reason::MethodNotAllowed => 4,
         Reason::PathNotAllowed => 3,
         Reason::PlaintextNotAllowed | Reason::WebsocketNotAllowed => 2,

@@ -87,13 +87,13 @@ const INVALID: &[(&str, usize, &str)] = &[
     (
         "action_unsupported",
         15,
-        "action \"narrow\" is not supported yet",
+        "action \"approve\" is not supported yet",
     ),
     ("action_unknown", 15, "unknown action \"permit\""),
     (
         "route_key_not_supported",
         16,
-        "`models` is not supported yet",
+        "`inject_key` is not supported yet",
     ),
     ("mode_unknown", 16, "unknown mode \"splice\""),
     (
@@ -150,6 +150,94 @@ const INVALID: &[(&str, usize, &str)] = &[
         16,
         "`agent` only applies to a listener with auth = \"none\"",
     ),
+    // Models, operations, providers, detectors and narrowing.
+    (
+        "model_middle_star",
+        16,
+        "only a trailing `*` is allowed, as in `gpt-4.1-*`",
+    ),
+    ("route_empty_models", 16, "empty `models` list"),
+    ("model_star_only", 16, "matches every model"),
+    ("operation_unknown", 16, "unknown operation `chatting`"),
+    ("route_empty_operations", 16, "empty `operations` list"),
+    ("provider_unknown", 16, "unknown provider `opneai`"),
+    ("route_empty_providers", 16, "empty `providers` list"),
+    (
+        "detector_mode_unknown",
+        16,
+        "unknown detector mode \"deny\"",
+    ),
+    ("detector_unknown", 16, "unknown field `pii`"),
+    (
+        "detectors_on_deny_route",
+        16,
+        "`detectors` has nothing to do",
+    ),
+    (
+        "narrow_without_narrow_action",
+        16,
+        "`narrow` only applies to a route with action = \"narrow\"",
+    ),
+    (
+        "narrow_action_without_table",
+        15,
+        "needs a `narrow` table saying how",
+    ),
+    ("narrow_empty", 16, "`narrow` sets nothing"),
+    (
+        "narrow_max_tokens_not_positive",
+        16,
+        "use a positive number",
+    ),
+    (
+        "narrow_fallback_not_in_models",
+        17,
+        "is not in this route's `models`",
+    ),
+    ("narrow_fallback_pattern", 16, "is a pattern"),
+    ("narrow_unknown_key", 16, "unknown field `max_tokns`"),
+    ("narrow_empty_tool_name", 16, "a tools_allow entry is empty"),
+    (
+        "passthrough_with_models",
+        17,
+        "passthrough route cannot enforce `models`",
+    ),
+    (
+        "passthrough_with_detectors",
+        17,
+        "passthrough route cannot enforce `detectors`",
+    ),
+    (
+        "passthrough_narrow",
+        17,
+        "passthrough route cannot enforce `narrow`",
+    ),
+    // The provider catalog.
+    ("provider_missing_id", 12, "provider needs an `id`"),
+    (
+        "provider_bad_id",
+        13,
+        "provider id `my provider` is not valid",
+    ),
+    ("provider_duplicate_id", 17, "duplicate provider id `local`"),
+    ("provider_no_hosts", 12, "provider has no `hosts`"),
+    (
+        "provider_empty_hosts",
+        14,
+        "provider has an empty `hosts` list",
+    ),
+    ("provider_host_wildcard_tld", 14, "in its last two labels"),
+    ("provider_host_bad_char", 14, "has the character '_'"),
+    ("provider_api_unknown", 15, "unknown api \"openapi\""),
+    ("provider_model_from_bad", 15, "unknown source `header`"),
+    ("provider_empty_model_from", 15, "empty `model_from` list"),
+    (
+        "provider_auth_format_without_key",
+        15,
+        "must contain `{key}` exactly once",
+    ),
+    ("provider_auth_header_hop_by_hop", 15, "hop-by-hop"),
+    ("provider_auth_header_bad", 15, "is not a header name"),
 ];
 
 #[test]
@@ -489,4 +577,32 @@ fn resolve_entry_rejects_missing_parts_names_as_addresses_and_bad_ports() {
             "{bad:?} should be rejected"
         );
     }
+}
+
+#[test]
+fn the_commented_example_in_the_embedded_default_parses() {
+    let begin = "# --- example: begin";
+    let end = "# --- example: end";
+    let start = EMBEDDED_DEFAULT
+        .find(begin)
+        .unwrap_or_else(|| panic!("no example block"));
+    let stop = EMBEDDED_DEFAULT
+        .find(end)
+        .unwrap_or_else(|| panic!("no example end"));
+    let example: String = EMBEDDED_DEFAULT[start + begin.len()..stop]
+        .lines()
+        .map(|line| {
+            line.strip_prefix("# ")
+                .or_else(|| line.strip_prefix('#'))
+                .unwrap_or(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = format!(
+        "version = 1\n[[tenants]]\nid = \"acme\"\n[[agents]]\nid = \"research-bot\"\ntenant = \"acme\"\ntoken_sha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\n{example}\n"
+    );
+    let config = parse_config("example.toml", &text)
+        .unwrap_or_else(|e| panic!("the example must parse:\n{e}\n---\n{text}"));
+    assert_eq!(config.policy.routes().len(), 2);
+    assert!(config.policy.provider("local-vllm").is_some());
 }

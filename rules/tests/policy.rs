@@ -1026,7 +1026,15 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
             "{code}: {message}"
         );
     }
-    assert_eq!(Reason::ALL.len(), 21);
+    assert_eq!(Reason::ALL.len(), 29);
+    assert_eq!(Reason::ModelNotAllowed.code(), "model_not_allowed");
+    assert_eq!(Reason::OperationNotAllowed.code(), "operation_not_allowed");
+    assert_eq!(Reason::ProviderNotAllowed.code(), "provider_not_allowed");
+    assert_eq!(Reason::InjectionDetected.code(), "injection_detected");
+    assert_eq!(Reason::SecretDetected.code(), "secret_detected");
+    assert_eq!(Reason::VaultKeyLeak.code(), "vault_key_leak");
+    assert_eq!(Reason::RouteNarrow.code(), "route_narrow");
+    assert_eq!(Reason::RouteWarn.code(), "route_warn");
     assert_eq!(Reason::UpstreamConnect.code(), "upstream_connect_failed");
     assert_eq!(Reason::UpstreamTls.code(), "upstream_tls_failed");
     assert_eq!(Reason::NoRoute.code(), "no_route");
@@ -1040,4 +1048,7 @@ fn a_non_policy_denial_carries_no_route() {
     assert!(!d.is_allow());
     assert_eq!(Action::Allow.as_str(), "allow");
     assert_eq!(Action::Deny.as_str(), "deny");
+    assert_eq!(Action::Narrow.as_str(), "narrow");
+    assert_eq!(Action::Warn.as_str(), "warn");
+    assert!(d.detectors.is_empty() && d.narrowed.is_empty());
 }

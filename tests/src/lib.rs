@@ -486,6 +486,13 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(config_text: &str, dir: tempfile::TempDir) -> TestProxy {
+        // PORTCULLIS_LOG=debug shows the proxy's logs in failing tests.
+        if let Ok(filter) = std::env::var("PORTCULLIS_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let config = match portcullis_rules::parse_config("test.toml", config_text) {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}\n---\n{config_text}"),
@@ -528,10 +535,13 @@ impl TestProxy {
         format!("http://{agent}:{token}@{}", self.addr)
     }
 
-    pub async fn shutdown(mut self) {
+    /// Stops the proxy gracefully and hands back its directory (CA, ledger),
+    /// which lives until the caller drops it.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
         if let Some(p) = self.proxy.take() {
             p.shutdown().await;
         }
+        self.dir
     }
 
     /// CONNECT through the proxy; returns the stream after `200` or the raw

@@ -418,8 +418,7 @@ async fn plain_http_needs_allow_plaintext() {
     let pki = OriginPki::new();
     let dir = tempfile::tempdir().unwrap();
     let port = origin.addr.port();
-    let routes = format!(
-        r#"
+    let routes = r#"
 [[routes]]
 id = "plain-ok"
 action = "allow"
@@ -434,9 +433,8 @@ action = "allow"
 tenants = ["acme"]
 hosts = ["noplain.test"]
 ports = [443, 80]
-"#
-    );
-    let mut cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), &routes);
+"#;
+    let mut cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), routes);
     cfg = cfg.replace(
         "resolve = [",
         &format!(

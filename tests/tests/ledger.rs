@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CHAT: &str = "POST /v1/chat/completions?user=alice HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: 70\r\n\r\n{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi!\"}]}";
+const CHAT: &str = "POST /v1/chat/completions?user=alice HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: 68\r\n\r\n{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi!\"}]}";
 
 fn by_event(records: &[Value], kind: &str) -> HashMap<String, Value> {
     records
@@ -24,23 +24,39 @@ fn by_event(records: &[Value], kind: &str) -> HashMap<String, Value> {
 }
 
 fn assert_intact(dir: &Path) {
-    let outcome = verify(dir, &VerifyOptions { strict: true, ..VerifyOptions::default() }).unwrap();
-    assert!(outcome.is_intact(), "ledger not intact: {outcome}");
+    let outcome = verify(
+        dir,
+        &VerifyOptions {
+            strict: true,
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    if !outcome.is_intact() {
+        let dump: Vec<String> = ledger_records(dir).iter().map(|r| r.to_string()).collect();
+        panic!("ledger not intact: {outcome}\n{}", dump.join("\n"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_a_decision_record_and_forwarded_ones_an_outcome() {
     let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
-    assert_eq!(CHAT.split("\r\n\r\n").nth(1).unwrap().len(), 70);
+    assert_eq!(CHAT.split("\r\n\r\n").nth(1).unwrap().len(), 68);
 
     let allowed = proxy.h1_request("api.openai.com:443", CHAT).await;
     assert_eq!(allowed.status, 200);
     let denied = proxy
-        .h1_request("api.openai.com:443", "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        .h1_request(
+            "api.openai.com:443",
+            "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+        )
         .await;
     assert_eq!(denied.status, 403);
     let mismatch = proxy
-        .h1_request("api.openai.com:443", "GET /echo HTTP/1.1\r\nHost: api.anthropic.com\r\n\r\n")
+        .h1_request(
+            "api.openai.com:443",
+            "GET /echo HTTP/1.1\r\nHost: api.anthropic.com\r\n\r\n",
+        )
         .await;
     assert_eq!(mismatch.status, 421);
     let smuggled = proxy
@@ -51,12 +67,14 @@ async fn every_request_gets_a_decision_record_and_forwarded_ones_an_outcome() {
         .await;
     assert_eq!(smuggled.status, 400);
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n").await.unwrap();
+    s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        .await
+        .unwrap();
     let unauth = read_response(&mut s).await;
     assert_eq!(unauth.status, 407);
 
     let dir = proxy.ledger_dir.clone();
-    proxy.shutdown().await;
+    let _dir = proxy.shutdown().await;
     let records = ledger_records(&dir);
     let decisions = by_event(&records, "decision");
     let outcomes = by_event(&records, "outcome");
@@ -70,11 +88,16 @@ async fn every_request_gets_a_decision_record_and_forwarded_ones_an_outcome() {
         let id = resp
             .header("x-portcullis-event-id")
             .unwrap_or_else(|| panic!("no event id header for {reason}"));
-        let d = decisions.get(&id).unwrap_or_else(|| panic!("no decision record for {reason} ({id})"));
+        let d = decisions
+            .get(&id)
+            .unwrap_or_else(|| panic!("no decision record for {reason} ({id})"));
         assert_eq!(d["reason"], reason, "{d}");
         if reason != "route_allow" {
             assert_eq!(d["decision"], "deny");
-            assert!(!outcomes.contains_key(&id), "a refused request has no outcome");
+            assert!(
+                !outcomes.contains_key(&id),
+                "a refused request has no outcome"
+            );
         }
     }
     let id = allowed.header("x-portcullis-event-id").unwrap();
@@ -82,15 +105,24 @@ async fn every_request_gets_a_decision_record_and_forwarded_ones_an_outcome() {
     assert_eq!(d["tenant"], "acme");
     assert_eq!(d["agent"], AGENT);
     assert_eq!(d["rule_id"], "acme-openai");
-    assert_eq!(d["path_template"], "/v1/chat/completions", "the query never reaches the ledger");
+    assert_eq!(
+        d["path_template"], "/v1/chat/completions",
+        "the query never reaches the ledger"
+    );
     assert_eq!(d["policy_generation"], 1);
     let o = &outcomes[&id];
     assert_eq!(o["end"], "complete");
     assert_eq!(o["status"], 200);
-    assert_eq!(o["bytes_in"], 70);
+    assert_eq!(o["bytes_in"], 68);
     assert_eq!(o["bytes_out"].as_u64().unwrap(), allowed.body.len() as u64);
     // The CONNECTs themselves are decisions too.
-    assert!(decisions.values().filter(|d| d["method"] == "CONNECT").count() >= 4);
+    assert!(
+        decisions
+            .values()
+            .filter(|d| d["method"] == "CONNECT")
+            .count()
+            >= 4
+    );
     assert!(records.iter().any(|r| r["kind"] == "config"));
     assert!(records.iter().any(|r| r["kind"] == "checkpoint"));
     // Content never reaches the ledger: no prompt, no query, no token.
@@ -108,8 +140,12 @@ async fn every_request_gets_a_decision_record_and_forwarded_ones_an_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_abort_mid_stream_is_recorded_as_client_abort() {
     let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
-    let mut tls = proxy.tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"]).await;
-    tls.write_all(b"GET /sse-paced HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
+    tls.write_all(b"GET /sse-paced HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut tls).await;
     let id = head
         .lines()
@@ -133,7 +169,7 @@ async fn client_abort_mid_stream_is_recorded_as_client_abort() {
     }
     let o = found.expect("no outcome record after the client went away");
     assert_eq!(o["end"], "client_abort");
-    proxy.shutdown().await;
+    let _dir = proxy.shutdown().await;
     assert_intact(&dir);
 }
 
@@ -150,7 +186,7 @@ async fn unreachable_upstream_is_recorded_as_upstream_error() {
     assert_eq!(resp.error_code(), "upstream_connect_failed");
     let id = resp.header("x-portcullis-event-id").unwrap();
     let ledger_dir = proxy.ledger_dir.clone();
-    proxy.shutdown().await;
+    let _dir = proxy.shutdown().await;
     let records = ledger_records(&ledger_dir);
     assert_eq!(by_event(&records, "decision")[&id]["decision"], "allow");
     let o = &by_event(&records, "outcome")[&id];
@@ -163,7 +199,11 @@ async fn unreachable_upstream_is_recorded_as_upstream_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_ledger_filesystem_fails_closed_with_503() {
     assert!(
-        Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false),
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false),
         "this test mounts a small tmpfs and needs root (CI runs as root)"
     );
     struct Unmount(std::path::PathBuf);
@@ -185,31 +225,50 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     assert!(ok.success(), "mount tmpfs failed");
     let _unmount = Unmount(mnt.clone());
     let mut cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES);
-    cfg.push_str(&format!("\n[ledger]\ndir = \"{}\"\ncheckpoint_interval = \"1h\"\n", mnt.join("ledger").display()));
+    cfg.push_str(&format!(
+        "\n[ledger]\ndir = \"{}\"\ncheckpoint_interval = \"1h\"\n",
+        mnt.join("ledger").display()
+    ));
     let proxy = TestProxy::start(&cfg, dir).await;
     let ok = proxy.h1_request("api.openai.com:443", CHAT).await;
     assert_eq!(ok.status, 200);
     // Fill the filesystem.
     let filler = mnt.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 256 * 1024]);
+    // The next record that cannot be written refuses its request: the
+    // CONNECT itself, or a request inside an open tunnel.
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
     let mut refused = None;
     for _ in 0..20 {
-        let r = proxy.h1_request("api.openai.com:443", CHAT).await;
+        tls.write_all(CHAT.as_bytes()).await.unwrap();
+        let r = read_response_keep_open(&mut tls).await;
         if r.status == 503 {
             refused = Some(r);
             break;
         }
+        assert_eq!(r.status, 200);
     }
     let r = refused.expect("the proxy kept forwarding with a full ledger");
     assert_eq!(r.error_code(), "ledger_unavailable");
     let seen_at_failure = origin.seen().len();
     // Once failed, it stays failed: nothing more is forwarded.
     for _ in 0..3 {
-        let r = proxy.h1_request("api.openai.com:443", CHAT).await;
-        assert_eq!(r.status, 503);
+        let err = proxy
+            .connect("api.openai.com:443", Some((AGENT, TOKEN)))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("HTTP/1.1 503"), "{err}");
+        assert!(err.contains("ledger_unavailable"), "{err}");
     }
-    let err = proxy.connect("api.anthropic.com:443", Some((AGENT, TOKEN))).await;
-    assert!(err.is_err_and(|e| e.contains("503")), "a CONNECT is refused too");
+    let err = proxy
+        .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+        .await;
+    assert!(
+        err.is_err_and(|e| e.contains("503")),
+        "a CONNECT is refused too"
+    );
     assert_eq!(origin.seen().len(), seen_at_failure);
     drop(proxy);
 }
@@ -217,7 +276,8 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
 /// kill -9 under load, restart: the ledger verifies, and every request the
 /// origin saw has a decision record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_every_forwarded_request() {
+async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_every_forwarded_request(
+) {
     let pki = OriginPki::new();
     let origin = Origin::start_tls(&pki).await;
     let dir = tempfile::tempdir().unwrap();
@@ -237,15 +297,21 @@ async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_ever
         let roots = roots.clone();
         load.push(tokio::spawn(async move {
             let mut ok = 0u32;
-            let Ok(mut s) = TcpStream::connect(addr).await else { return ok };
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return ok;
+            };
             let req = format!(
                 "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
                 basic(AGENT, TOKEN)
             );
-            if s.write_all(req.as_bytes()).await.is_err() || !read_head(&mut s).await.starts_with("HTTP/1.1 200") {
+            if s.write_all(req.as_bytes()).await.is_err()
+                || !read_head(&mut s).await.starts_with("HTTP/1.1 200")
+            {
                 return ok;
             }
-            let Ok(mut tls) = tls_client(s, &roots, "api.openai.com", &[b"http/1.1"]).await else { return ok };
+            let Ok(mut tls) = tls_client(s, &roots, "api.openai.com", &[b"http/1.1"]).await else {
+                return ok;
+            };
             loop {
                 if tls.write_all(CHAT.as_bytes()).await.is_err() {
                     return ok;
@@ -263,7 +329,11 @@ async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_ever
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = proxy.child.id();
-    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let mut completed = 0;
     for l in load {
         completed += l.await.unwrap();
@@ -292,7 +362,11 @@ async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_ever
     let records = ledger_records(&ledger_dir);
     let allowed_chats = records
         .iter()
-        .filter(|r| r["kind"] == "decision" && r["decision"] == "allow" && r["path_template"] == "/v1/chat/completions")
+        .filter(|r| {
+            r["kind"] == "decision"
+                && r["decision"] == "allow"
+                && r["path_template"] == "/v1/chat/completions"
+        })
         .count();
     let seen = origin.seen().len();
     assert!(seen >= 200);
@@ -306,13 +380,20 @@ async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_ever
 async fn ledger_verify_cli_accepts_a_real_ledger_and_names_an_edited_record() {
     let (proxy, _origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
     for _ in 0..3 {
-        assert_eq!(proxy.h1_request("api.openai.com:443", CHAT).await.status, 200);
+        assert_eq!(
+            proxy.h1_request("api.openai.com:443", CHAT).await.status,
+            200
+        );
     }
     let dir = proxy.ledger_dir.clone();
     let ca_dir = proxy.dir.path().join("ca");
-    proxy.shutdown().await;
+    let _dir = proxy.shutdown().await;
     let key = ca_dir.join("ledger-signing.key");
-    let pubkey = Command::new(portcullis_bin()).args(["ledger", "pubkey", "--key"]).arg(&key).output().unwrap();
+    let pubkey = Command::new(portcullis_bin())
+        .args(["ledger", "pubkey", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(pubkey.status.success());
     let pub_path = ca_dir.join("ledger.pub");
     std::fs::write(&pub_path, &pubkey.stdout).unwrap();
@@ -327,24 +408,40 @@ async fn ledger_verify_cli_accepts_a_real_ledger_and_names_an_edited_record() {
             .unwrap()
     };
     let ok = run(&["--strict"]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     // Edit one field of one decision record (the sealed segments are read-only).
     let seg = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| std::fs::read_to_string(p).unwrap_or_default().contains("\"decision\":\"allow\""))
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains("\"decision\":\"allow\"")
+        })
         .unwrap();
     let mut perms = std::fs::metadata(&seg).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
     std::fs::set_permissions(&seg, perms).unwrap();
     let text = std::fs::read_to_string(&seg).unwrap();
-    std::fs::write(&seg, text.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1)).unwrap();
+    std::fs::write(
+        &seg,
+        text.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1),
+    )
+    .unwrap();
     let bad = run(&[]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(seg.file_name().unwrap().to_str().unwrap()), "names the file: {err}");
+    assert!(
+        err.contains(seg.file_name().unwrap().to_str().unwrap()),
+        "names the file: {err}"
+    );
 
     let missing = Command::new(portcullis_bin())
         .args(["ledger", "verify", "/nonexistent/ledger"])
