@@ -45,6 +45,22 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Show how the policy classifies and decides a request, without sending anything.
+    Explain {
+        /// Config file (default: the embedded default).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The agent making the request.
+        #[arg(long, value_name = "ID")]
+        agent: String,
+        /// HTTP method, e.g. POST.
+        method: String,
+        /// Full URL, e.g. https://api.openai.com/v1/chat/completions.
+        url: String,
+        /// Request body (JSON) to classify and inspect.
+        #[arg(long, value_name = "FILE")]
+        body: Option<PathBuf>,
+    },
     /// Manage the local CA that signs intercepted connections.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -133,6 +149,13 @@ pub fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Check { file }) => check(&file),
+        Some(Command::Explain {
+            config,
+            agent,
+            method,
+            url,
+            body,
+        }) => explain(config.as_deref(), &agent, &method, &url, body.as_deref()),
         Some(Command::Ca(c)) => ca(c),
         Some(Command::Agent(AgentCommand::HashToken)) => hash_token(),
         Some(Command::Ledger(c)) => Ok(ledger(c)),
@@ -215,6 +238,28 @@ fn check(file: &Path) -> Result<ExitCode> {
         }
         Err(code) => Ok(code),
     }
+}
+
+fn explain(
+    config: Option<&Path>,
+    agent: &str,
+    method: &str,
+    url: &str,
+    body: Option<&Path>,
+) -> Result<ExitCode> {
+    let (cfg, _) = match load_config(config) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    let body = match body {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    print!(
+        "{}",
+        portcullis_rules::explain(&cfg.policy, agent, method, url, body.as_deref())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {

@@ -252,3 +252,29 @@ fn run_with_no_files_uses_the_embedded_default_and_prints_exports() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn explain_prints_classification_route_and_verdict_without_sending() {
+    let cfg = workspace().join("deploy/portcullis.example.toml");
+    let run = |method: &str, url: &str| {
+        let out = bin()
+            .arg("explain")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--agent", "research-bot", method, url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ok = run("POST", "https://api.openai.com/v1/chat/completions");
+    assert!(ok.contains("provider=openai"), "{ok}");
+    assert!(ok.contains("operation=chat"), "{ok}");
+    assert!(ok.contains("verdict:        allow"), "{ok}");
+    assert!(ok.contains("route:          acme-openai-chat"), "{ok}");
+    let denied = run("POST", "https://api.anthropic.com/v1/files");
+    assert!(denied.contains("verdict:        deny"), "{denied}");
+    assert!(denied.contains("no-file-uploads"), "{denied}");
+    let none = run("GET", "https://evil.example.com/");
+    assert!(none.contains("no_route"), "{none}");
+}

@@ -789,15 +789,25 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts the binary with `--config FILE` and waits for its `# ready` line.
     pub fn start(config: &Path, cwd: &Path) -> ProxyProcess {
+        Self::start_logging(config, cwd, "warn", std::process::Stdio::inherit())
+    }
+
+    /// Like `start`, with a log filter and where stderr (the logs) goes.
+    pub fn start_logging(
+        config: &Path,
+        cwd: &Path,
+        filter: &str,
+        stderr: std::process::Stdio,
+    ) -> ProxyProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(portcullis_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
             .current_dir(cwd)
-            .env("PORTCULLIS_LOG", "warn")
+            .env("PORTCULLIS_LOG", filter)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

@@ -449,3 +449,84 @@ async fn ledger_verify_cli_accepts_a_real_ledger_and_names_an_edited_record() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Secrets never reach the logs or the ledger: the agent's proxy token, its
+/// Basic credentials, the provider key it sends, and the prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_ledger_even_at_trace_level() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES);
+    let cfg_path = dir.path().join("portcullis.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let proxy = ProxyProcess::start_logging(&cfg_path, dir.path(), "trace", log.into());
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider_key = "sk-proj-SECRETPROVIDERKEY0123456789abcdef";
+    let prompt = "the launch codes are purple-elephant-42";
+    let body = format!("{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{prompt}\"}}]}}");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+            basic(AGENT, TOKEN)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut tls = tls_client(s, &roots, "api.openai.com", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer {provider_key}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls).await.status, 200);
+    // A wrong token is refused; it must not be echoed anywhere either.
+    let wrong = "wrong-token-should-not-be-logged";
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+            basic(AGENT, wrong)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 407);
+    drop(tls);
+    assert!(proxy.terminate().success());
+    assert_eq!(origin.seen().len(), 1);
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("portcullis::decision"),
+        "the trace log was captured"
+    );
+    let ledger: String = std::fs::read_dir(dir.path().join(".portcullis/ledger"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    for secret in [
+        TOKEN,
+        basic(AGENT, TOKEN).as_str(),
+        provider_key,
+        prompt,
+        wrong,
+        basic(AGENT, wrong).as_str(),
+    ] {
+        assert!(!logs.contains(secret), "the logs contain {secret:?}");
+        assert!(!ledger.contains(secret), "the ledger contains {secret:?}");
+    }
+}
