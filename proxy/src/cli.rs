@@ -286,6 +286,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             None => anyhow::bail!("--listen given but the config has no listener"),
         }
     }
+    let config_path = args
+        .config
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     let auth: Vec<(String, ListenerAuth)> = cfg
         .listeners
         .iter()
@@ -299,6 +303,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         let proxy = start(Settings {
             config: cfg,
             base_dir: base,
+            config_path,
         })
         .await?;
         print_banner(&proxy, &auth);

@@ -46,6 +46,8 @@ pub struct PolicySnapshot {
 
 pub struct PolicyHolder {
     current: RwLock<Arc<PolicySnapshot>>,
+    /// Serialises reloads so generations are assigned in order.
+    reload: tokio::sync::Mutex<()>,
 }
 
 impl PolicyHolder {
@@ -55,7 +57,12 @@ impl PolicyHolder {
                 policy,
                 generation: 1,
             })),
+            reload: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn store(&self, snap: Arc<PolicySnapshot>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
     pub fn load(&self) -> Arc<PolicySnapshot> {
@@ -98,6 +105,9 @@ pub struct Settings {
     pub config: Config,
     /// Relative paths in the config resolve against this directory.
     pub base_dir: PathBuf,
+    /// The file the config came from. When set, SIGHUP and changes to the
+    /// file reload the policy.
+    pub config_path: Option<PathBuf>,
 }
 
 /// A running proxy. Dropping it does not stop it; call `shutdown`.
@@ -107,6 +117,8 @@ pub struct RunningProxy {
     pub ca_created: bool,
     pub ledger_dir: PathBuf,
     pub ledger: Ledger,
+    ctx: Arc<Ctx>,
+    config_path: Option<PathBuf>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
     conns: Arc<Semaphore>,
@@ -120,6 +132,19 @@ impl RunningProxy {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// Reloads the policy from the config file (what SIGHUP does).
+    pub async fn reload(&self, source: &str) -> Result<ReloadOutcome, ReloadError> {
+        match &self.config_path {
+            Some(p) => reload(&self.ctx, p, source).await,
+            None => Err(ReloadError::NoFile),
+        }
+    }
+
+    /// The policy generation in force.
+    pub fn policy_generation(&self) -> u64 {
+        self.ctx.policy.load().generation
     }
 
     /// Stops accepting, lets in-flight work finish (up to the grace period),
@@ -153,7 +178,7 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
 /// Loads the CA, binds every listener and starts serving.
 pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let cfg = settings.config;
-    let base = settings.base_dir;
+    let base = settings.base_dir.clone();
     let ca_dir = resolve_path(&base, &cfg.ca.dir);
     let (ca, ca_created) = CertificateAuthority::load_or_init(&ca_dir)?;
     if ca_created {
@@ -260,12 +285,18 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         tasks.spawn(accept_loop(ctx.clone(), info, listener, conns.clone()));
     }
 
+    if let Some(path) = settings.config_path.clone() {
+        tasks.spawn(watch_config(ctx.clone(), path));
+    }
+
     Ok(RunningProxy {
         listeners,
         ca_cert_path: CertificateAuthority::cert_path(&ca_dir),
         ca_created,
         ledger_dir,
         ledger,
+        ctx: ctx.clone(),
+        config_path: settings.config_path.clone(),
         shutdown_tx,
         tasks,
         conns,
@@ -313,4 +344,131 @@ async fn accept_loop(
         ));
     }
     tracing::info!(listener = %info.name, "stopped accepting");
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReloadOutcome {
+    /// A new policy generation is in force.
+    Applied { generation: u64 },
+    /// The file's policy is the one already in force.
+    Unchanged,
+}
+
+/// Why a reload kept the old policy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    #[error("no config file to reload (the proxy runs on the embedded default)")]
+    NoFile,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(portcullis_rules::ConfigErrors),
+    #[error("ledger: {}", .0.full_message())]
+    Ledger(LedgerError),
+}
+
+/// Parses the file and, if valid and different, swaps the policy atomically
+/// and writes a `config` record. Requests already running finish under the
+/// generation they started with; every new request (also on old keep-alive
+/// connections) uses the new one. Listener, CA and upstream settings need a
+/// restart.
+pub async fn reload(ctx: &Ctx, path: &Path, source: &str) -> Result<ReloadOutcome, ReloadError> {
+    let _serial = ctx.policy.reload.lock().await;
+    let result = async {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| ReloadError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let cfg = portcullis_rules::parse_config(&path.display().to_string(), &text)
+            .map_err(ReloadError::Invalid)?;
+        let current = ctx.policy.load();
+        if cfg.policy.hash_hex() == current.policy.hash_hex() {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let generation = current.generation + 1;
+        // The record comes first: a policy is never in force without evidence of it.
+        ctx.ledger
+            .append_config(ConfigFacts {
+                event_id: portcullis_ledger::new_event_id(),
+                policy_generation: generation,
+                policy_hash: cfg.policy.hash_hex().to_owned(),
+                source: source.to_owned(),
+            })
+            .await
+            .map_err(ReloadError::Ledger)?;
+        ctx.policy.store(Arc::new(PolicySnapshot {
+            policy: cfg.policy,
+            generation,
+        }));
+        Ok(ReloadOutcome::Applied { generation })
+    }
+    .await;
+    match &result {
+        Ok(ReloadOutcome::Applied { generation }) => {
+            tracing::info!(generation, source, "policy reloaded")
+        }
+        Ok(_) => tracing::debug!(source, "policy unchanged"),
+        Err(ReloadError::Invalid(errors)) => {
+            for e in &errors.errors {
+                tracing::error!(source, "{e}");
+            }
+            tracing::error!(
+                source,
+                count = errors.errors.len(),
+                "invalid config: keeping the current policy"
+            );
+        }
+        Err(e) => tracing::error!(source, error = %e, "reload failed: keeping the current policy"),
+    }
+    result
+}
+
+/// Reloads on SIGHUP and when the file's modification time or size changes
+/// (polled once a second: no platform watcher to misbehave on network mounts).
+async fn watch_config(ctx: Arc<Ctx>, path: PathBuf) {
+    let mut shutdown = ctx.shutdown.clone();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = sighup => {
+                let _ = reload(&ctx, &path, "sighup").await;
+                last = stamp(&path);
+            }
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now != last {
+                    last = now;
+                    let _ = reload(&ctx, &path, "file_watch").await;
+                }
+            }
+        }
+    }
 }

@@ -264,7 +264,11 @@ fn explain_prints_classification_route_and_verdict_without_sending() {
             .args(["--agent", "research-bot", method, url])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let ok = run("POST", "https://api.openai.com/v1/chat/completions");

@@ -497,9 +497,12 @@ impl TestProxy {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}\n---\n{config_text}"),
         };
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, config_text).unwrap();
         let proxy = portcullis::start(portcullis::Settings {
             config,
             base_dir: dir.path().to_path_buf(),
+            config_path: Some(config_path),
         })
         .await
         .unwrap();
