@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use portcullis_ledger::{DecisionFacts, Health, Ledger, OutcomeFacts};
-use portcullis_rules::{Decision, Reason};
+use portcullis_rules::{Classification, Decision, Reason};
 
 use crate::identity::Identity;
 use crate::pipeline::Target;
@@ -26,6 +26,8 @@ pub struct Verdict<'a> {
     pub path: Option<&'a str>,
     pub decision: &'a Decision,
     pub policy: &'a PolicySnapshot,
+    /// What the request was classified as, when it got that far.
+    pub classification: Option<&'a Classification>,
 }
 
 /// Logs the decision line and makes the ledger record durable. `Err` is the
@@ -60,6 +62,18 @@ pub async fn record(ctx: &Ctx, v: Verdict<'_>) -> Result<(), Refusal> {
         rule_id: v.decision.route_id().map(str::to_owned),
         policy_generation: v.policy.generation,
         policy_hash: v.policy.policy.hash_hex().to_owned(),
+        provider: v.classification.and_then(|c| c.provider.clone()),
+        model: v.classification.and_then(|c| c.model.clone()),
+        operation: v
+            .classification
+            .and_then(|c| c.operation)
+            .map(|o| o.as_str().to_owned()),
+        stream: v
+            .classification
+            .filter(|c| c.operation.is_some())
+            .map(|c| c.stream),
+        detectors: v.decision.detectors.clone(),
+        narrowed: v.decision.narrowed.clone(),
         ..DecisionFacts::default()
     };
     match ctx.ledger.append_decision(facts).await {

@@ -171,3 +171,82 @@ impl<B: Body> Drop for Metered<B> {
         }
     }
 }
+
+/// A body whose first bytes were already read for inspection: replays them,
+/// then streams the rest untouched.
+pub struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, rest: B) -> Self {
+        Prefixed {
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
+            rest,
+        }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// The first `max` bytes of a request body (SPEC §3 step 5.3): the part the
+/// policy inspects. `rest` is the unread remainder when the body was longer.
+pub struct Inspected<B> {
+    pub prefix: Bytes,
+    pub truncated: bool,
+    pub rest: Option<B>,
+}
+
+/// Reads a body up to `max` bytes. Trailers, if any, are dropped.
+pub async fn read_bounded<B>(mut body: B, max: u64) -> Result<Inspected<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut buf = bytes::BytesMut::new();
+    if body.is_end_stream() {
+        return Ok(Inspected {
+            prefix: Bytes::new(),
+            truncated: false,
+            rest: None,
+        });
+    }
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() as u64 > max {
+                return Ok(Inspected {
+                    prefix: buf.freeze(),
+                    truncated: true,
+                    rest: Some(body),
+                });
+            }
+        }
+    }
+    Ok(Inspected {
+        prefix: buf.freeze(),
+        truncated: false,
+        rest: None,
+    })
+}

@@ -89,6 +89,7 @@ async fn handle(
         path: None,
         decision,
         policy: &snap,
+        classification: None,
     };
     if let Some(v) = pipeline::framing_violation(&req, &nonce) {
         let d = Decision::deny(Reason::BadFraming);
@@ -166,6 +167,7 @@ async fn connect(
                 path: None,
                 decision: &d,
                 policy: &snap,
+                classification: None,
             };
             return pipeline::refuse(
                 &ctx,
@@ -207,6 +209,7 @@ async fn connect(
         path: None,
         decision: &decision,
         policy: &snap,
+        classification: None,
     };
     if let Err(unavailable) = audit::record(&ctx, v).await {
         return unavailable.close().into_response();

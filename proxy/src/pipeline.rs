@@ -10,11 +10,11 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use portcullis_rules::{split_host_port, Decision, Host, Reason, RequestFacts};
+use portcullis_rules::{split_host_port, Decision, Host, Inspection, Reason, RequestFacts};
 use rand::RngCore;
 
 use crate::audit::{self, OutcomeBase, Verdict};
-use crate::body::{Counted, End, Metered, ProxyBody};
+use crate::body::{read_bounded, Counted, End, Metered, Prefixed, ProxyBody};
 use crate::framing::{Violation, FRAMING_HEADER};
 use crate::identity::Identity;
 use crate::rescue::{Refusal, HDR_EVENT_ID};
@@ -118,6 +118,7 @@ pub async fn tunneled(
         path: Some(&path),
         decision,
         policy: &snap,
+        classification: None,
     };
     // 5.2 Framing first: a bad head never reaches policy.
     if let Some(v) = nonce.as_deref().and_then(|n| framing_violation(&req, n)) {
@@ -191,6 +192,7 @@ pub async fn plaintext(
                 path: None,
                 decision: &d,
                 policy: &snap,
+                classification: None,
             };
             let r = Refusal::new(Reason::BadRequest, &event_id)
                 .detail(format!("bad URL host: {e}"))
@@ -214,6 +216,7 @@ pub async fn plaintext(
             path: Some(req.uri().path()),
             decision: &d,
             policy: &snap,
+            classification: None,
         };
         let r = Refusal::new(Reason::HostMismatch, &event_id)
             .detail(detail)
@@ -288,12 +291,41 @@ async fn decide_and_forward(
     let has_upgrade = req.headers().contains_key(UPGRADE);
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
-    // 5.3 Classification (provider, model, operation) plugs in here.
-    // 5.4 Detectors plug in here.
-    // 5.5 Decide.
-    let mut decision = match snap.policy.agent(&who.agent) {
-        None => Decision::deny(Reason::AuthFailed),
-        Some(agent) => snap.policy.decide(
+    let mut req = req;
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // 5.3 Read the body up to max_inspect_body: classification and detectors
+    // see exactly the bytes that will be forwarded.
+    let inspected = match read_bounded(body, ctx.limits.max_inspect_body).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(error = %e, "client request body failed");
+            let d = Decision::deny(Reason::BadRequest);
+            let v = Verdict {
+                event_id: &event_id,
+                who: Some(who),
+                listener,
+                target: Some(&target),
+                method: Some(&method),
+                path: Some(&path),
+                decision: &d,
+                policy: &snap,
+                classification: None,
+            };
+            let r = Refusal::new(Reason::BadRequest, &event_id)
+                .detail("the request body could not be read")
+                .close();
+            return refuse(&ctx, v, r).await;
+        }
+    };
+    // 5.3–5.5 Classify, run the route's detectors, decide (and narrow).
+    let header_list: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let evaluation = snap.policy.agent(&who.agent).map(|agent| {
+        snap.policy.evaluate(
             agent,
             &RequestFacts {
                 host: &target.host,
@@ -303,7 +335,19 @@ async fn decide_and_forward(
                 plaintext: !target.tls,
                 websocket,
             },
-        ),
+            &Inspection {
+                query: parts.uri.query(),
+                headers: &header_list,
+                body: Some(&inspected.prefix),
+                body_truncated: inspected.truncated,
+            },
+            &ctx.vault,
+        )
+    });
+    drop(header_list);
+    let (mut decision, classification, narrowed) = match evaluation {
+        Some(e) => (e.decision, Some(e.classification), e.narrowed),
+        None => (Decision::deny(Reason::AuthFailed), None, None),
     };
     // Step 6 ahead of the record: every resolved address must pass the SSRF
     // table, so an SSRF refusal is audited as such.
@@ -327,6 +371,7 @@ async fn decide_and_forward(
         path: Some(&path),
         decision: &decision,
         policy: &snap,
+        classification: classification.as_ref(),
     };
     // 5.6 Audit before act: nothing leaves without a durable record.
     if let Err(unavailable) = audit::record(&ctx, verdict).await {
@@ -344,6 +389,16 @@ async fn decide_and_forward(
             return r.into_response();
         }
     };
+    // A narrowed body replaces the original; otherwise the inspected bytes
+    // are replayed ahead of whatever was not read.
+    let body: ProxyBody = match (narrowed, inspected.rest) {
+        (Some(n), _) => {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            crate::body::full(n.body)
+        }
+        (None, Some(rest)) => Prefixed::new(inspected.prefix, rest).boxed_unsync(),
+        (None, None) => crate::body::full(inspected.prefix),
+    };
     let outcome = OutcomeBase::new(&ctx, &event_id, who, &target, &snap);
     forward(
         ctx,
@@ -352,8 +407,8 @@ async fn decide_and_forward(
         route,
         target,
         event_id,
-        req,
-        websocket,
+        Request::from_parts(parts, body),
+        client_upgrade,
         outcome,
     )
     .await
@@ -400,14 +455,14 @@ async fn forward(
     route: Arc<portcullis_rules::Route>,
     target: Target,
     event_id: String,
-    mut req: Request<Incoming>,
-    websocket: bool,
+    req: Request<ProxyBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     outcome: Arc<OutcomeBase>,
 ) -> Response<ProxyBody> {
+    let websocket = client_upgrade.is_some();
     let started = tokio::time::Instant::now();
     let elapsed_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let pq = parts
         .uri

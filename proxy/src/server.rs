@@ -77,6 +77,8 @@ impl PolicyHolder {
 #[derive(Clone, Copy, Debug)]
 pub struct RuntimeLimits {
     pub client_header_timeout: Duration,
+    /// Request bodies are read up to this size for classification and detectors.
+    pub max_inspect_body: u64,
     pub max_header_bytes: usize,
     pub handshake_timeout: Duration,
 }
@@ -84,6 +86,8 @@ pub struct RuntimeLimits {
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
     pub policy: PolicyHolder,
+    /// Exact-value scanner for the vault's keys (empty until the vault lands).
+    pub vault: portcullis_rules::VaultScanner,
     pub ledger: Ledger,
     pub certs: LeafCache,
     pub upstream: Upstream,
@@ -257,11 +261,13 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         policy: PolicyHolder::new(cfg.policy.clone()),
+        vault: portcullis_rules::VaultScanner::empty(),
         ledger: ledger.clone(),
         certs,
         upstream,
         limits: RuntimeLimits {
             client_header_timeout: cfg.limits.client_header_timeout,
+            max_inspect_body: cfg.limits.max_inspect_body,
             max_header_bytes: cfg.limits.max_header_bytes,
             handshake_timeout: cfg.limits.client_header_timeout,
         },
