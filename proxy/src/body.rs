@@ -250,3 +250,66 @@ where
         rest: None,
     })
 }
+
+/// Replaces any key the proxy holds, and any well-known key format, with
+/// `[REDACTED]` as the response streams (SPEC §6). The redactor holds back
+/// only bytes that could still be the start of a secret, so events flow on.
+pub struct Redacting<B> {
+    inner: B,
+    redactor: portcullis_rules::Redactor,
+    done: bool,
+}
+
+impl<B> Redacting<B> {
+    pub fn new(inner: B, redactor: portcullis_rules::Redactor) -> Self {
+        Redacting {
+            inner,
+            redactor,
+            done: false,
+        }
+    }
+}
+
+impl<B> Body for Redacting<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = this.redactor.push(&data);
+                        if out.is_empty() {
+                            // Held back as a possible secret prefix; read on.
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let rest = this.redactor.finish();
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use portcullis_rules::{split_host_port, Decision, Host, Inspection, Reason, Requ
 use rand::RngCore;
 
 use crate::audit::{self, OutcomeBase, Verdict};
-use crate::body::{read_bounded, Counted, End, Metered, Prefixed, ProxyBody};
+use crate::body::{read_bounded, Counted, End, Metered, Prefixed, ProxyBody, Redacting};
 use crate::framing::{Violation, FRAMING_HEADER};
 use crate::identity::Identity;
 use crate::rescue::{Refusal, HDR_EVENT_ID};
@@ -551,6 +551,13 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     scrub_response_headers(&mut parts.headers, false, &event_id);
+    // Text responses are redacted on the way (SPEC §6); the length may change.
+    let body: ProxyBody = if redactable(&parts.headers) {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Redacting::new(body, portcullis_rules::Redactor::new(&ctx.vault)).boxed_unsync()
+    } else {
+        body.map_err(Into::into).boxed_unsync()
+    };
     // 5.8 Stream back unbuffered; 5.9 the outcome is recorded however it ends.
     let metered = Metered::new(body, move |bytes_out, end: End| {
         outcome.finish(
@@ -568,6 +575,21 @@ async fn forward(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     out
+}
+
+/// Uncompressed text (JSON, SSE, plain text) can be redacted; binary or
+/// compressed bodies pass untouched.
+fn redactable(headers: &HeaderMap) -> bool {
+    let encoded = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    !encoded && (ct.starts_with("text/") || ct.contains("json") || ct.contains("event-stream"))
 }
 
 fn scrub_response_headers(headers: &mut HeaderMap, upgrade: bool, event_id: &str) {

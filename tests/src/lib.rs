@@ -40,6 +40,9 @@ pub const TOKEN: &str = "s3cret-agent-token";
 pub const OTHER_AGENT: &str = "other-bot";
 pub const OTHER_TOKEN: &str = "other-agent-token";
 
+/// A provider-key-shaped secret the `/leak` endpoint streams back.
+pub const LEAKED_KEY: &str = "sk-proj-Zq7RmV2xLk9PbT4cWn8YhJ3sDf6GuA1eQo5Ir0Xt";
+
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 pub fn sha256_hex(s: &str) -> String {
@@ -377,6 +380,26 @@ async fn handle_origin(
                 .header("connection", "upgrade")
                 .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
                 .body(full(Bytes::new()))
+                .unwrap()
+        }
+        ("GET", "/leak") => {
+            // A key-shaped secret split across two chunks of an SSE stream.
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Bytes::from(format!(
+                        "data: {{\"text\":\"here: {}",
+                        &LEAKED_KEY[..20]
+                    )))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx
+                    .send(Bytes::from(format!("{} done\"}}\n\n", &LEAKED_KEY[20..])))
+                    .await;
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(ChannelBody(rx).boxed())
                 .unwrap()
         }
         ("GET", "/forge") => Response::builder()

@@ -171,3 +171,25 @@ async fn body_over_inspection_limit_is_413_on_inspected_routes_and_streamed_whol
         "the whole body is forwarded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_shaped_secret_in_a_streamed_response_is_redacted_across_chunks() {
+    let (proxy, _origin, _pki) = TestProxy::with_origin(
+        DEFAULT_ROUTES
+            .replace("\"/ws-denied\"]", "\"/ws-denied\", \"/leak\"]")
+            .as_str(),
+    )
+    .await;
+    let resp = proxy
+        .h1_request(
+            "api.openai.com:443",
+            "GET /leak HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let text = String::from_utf8_lossy(&resp.body).into_owned();
+    assert!(!text.contains(LEAKED_KEY), "{text}");
+    assert!(!text.contains(&LEAKED_KEY[..20]), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(text.contains("here: ") && text.contains(" done"), "{text}");
+}

@@ -163,3 +163,62 @@ async fn sighup_reloads_the_policy_of_a_running_process() {
         "{sources:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_stream_finishes_under_the_generation_it_started_with() {
+    use tokio::io::AsyncReadExt;
+    let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
+    let cfg_path = proxy.dir.path().join("portcullis.toml");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
+    tls.write_all(b"GET /sse-paced HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-portcullis-event-id: "))
+        .unwrap()
+        .to_owned();
+    // Reload while the stream is open.
+    std::fs::write(
+        &cfg_path,
+        original.replace(
+            "[[routes]]\nid = \"acme-openai\"",
+            &format!("{WIDER}\n[[routes]]\nid = \"acme-openai\""),
+        ),
+    )
+    .unwrap();
+    for _ in 0..50 {
+        if proxy.proxy.as_ref().unwrap().policy_generation() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy.proxy.as_ref().unwrap().policy_generation(), 2);
+    origin.gate.add_permits(10);
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("event-4") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(tls);
+    let dir = proxy.ledger_dir.clone();
+    let _keep = proxy.shutdown().await;
+    let records = ledger_records(&dir);
+    let outcome = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["event_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(outcome["policy_generation"], 1, "{outcome}");
+    assert!(records
+        .iter()
+        .any(|r| r["kind"] == "config" && r["policy_generation"] == 2));
+}
