@@ -532,11 +532,7 @@ impl TestProxy {
         let addr = proxy.listeners[0].1;
         let ledger_dir = proxy.ledger_dir.clone();
         let ca_pem_path = proxy.ca_cert_path.clone();
-        let mut ca_roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(&ca_pem_path).unwrap();
-        for c in rustls_pki_types_iter(&pem) {
-            ca_roots.add(c).unwrap();
-        }
+        let ca_roots = roots_from_pem(&ca_pem_path);
         TestProxy {
             proxy: Some(proxy),
             addr,
@@ -614,11 +610,15 @@ impl TestProxy {
     }
 }
 
-fn rustls_pki_types_iter(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+/// A root store holding the certificates of a PEM file (e.g. the proxy CA).
+pub fn roots_from_pem(path: &Path) -> rustls::RootCertStore {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem)
-        .map(|c| c.unwrap())
-        .collect()
+    let pem = std::fs::read(path).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
 }
 
 pub fn basic(agent: &str, token: &str) -> String {

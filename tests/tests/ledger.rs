@@ -285,12 +285,7 @@ async fn kill_9_under_load_then_restart_leaves_a_verifiable_ledger_covering_ever
     let cfg_path = dir.path().join("portcullis.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let proxy = ProxyProcess::start(&cfg_path, dir.path());
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
+    let roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
     let addr = proxy.addr;
     let mut load = Vec::new();
     for _ in 0..8 {
@@ -463,12 +458,7 @@ async fn secrets_never_reach_logs_or_ledger_even_at_trace_level() {
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let proxy = ProxyProcess::start_logging(&cfg_path, dir.path(), "trace", log.into());
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
+    let roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
     let provider_key = "sk-proj-SECRETPROVIDERKEY0123456789abcdef";
     let prompt = "the launch codes are purple-elephant-42";
     let body = format!("{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{prompt}\"}}]}}");

@@ -98,12 +98,7 @@ async fn sighup_reloads_the_policy_of_a_running_process() {
     let cfg_path = dir.path().join("portcullis.toml");
     std::fs::write(&cfg_path, &cfg).unwrap();
     let proxy = ProxyProcess::start(&cfg_path, dir.path());
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
+    let roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
     let models = |addr| {
         let roots = roots.clone();
         async move {
