@@ -43,55 +43,6 @@ impl End {
 
 type OnEnd = Box<dyn FnOnce(u64, End) + Send>;
 
-/// Counts the data bytes of a request body into a shared counter (read by
-/// the outcome record). One atomic add per frame, not per byte.
-pub struct Counted<B> {
-    inner: B,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        Counted { inner, count }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.count
-                        .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Passes frames through as they arrive (no buffering) and reports the byte
 /// count and the way the stream ended exactly once: at end of stream, on an
 /// upstream error, or when dropped early because the client went away.

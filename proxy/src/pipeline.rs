@@ -14,7 +14,7 @@ use portcullis_rules::{split_host_port, Decision, Host, Inspection, Reason, Requ
 use rand::RngCore;
 
 use crate::audit::{self, OutcomeBase, Verdict};
-use crate::body::{read_bounded, Counted, End, Metered, Prefixed, ProxyBody, Redacting};
+use crate::body::{read_bounded, End, Metered, Prefixed, ProxyBody, Redacting};
 use crate::framing::{Violation, FRAMING_HEADER};
 use crate::identity::Identity;
 use crate::rescue::{Refusal, HDR_EVENT_ID};
@@ -488,7 +488,11 @@ async fn forward(
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let up_req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()).boxed_unsync());
+    // The request body is metered like the response: its total lands in
+    // `bytes_in` when it ends (or is dropped), before the outcome is written.
+    let counter = bytes_in.clone();
+    let body = Metered::new(body, move |n, _| counter.store(n, Ordering::Relaxed));
+    let up_req = Request::from_parts(parts, body.boxed_unsync());
     let client = ctx
         .upstream
         .client(&who.tenant, &route, generation, websocket);
