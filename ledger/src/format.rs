@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::verify::TamperKind;
+use crate::tamper::TamperKind;
 
 /// Version written in every segment header.
 pub const FORMAT_VERSION: u32 = 1;

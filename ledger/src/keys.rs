@@ -12,7 +12,7 @@ use std::path::Path;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
-use crate::LedgerError;
+use crate::error::LedgerError;
 
 /// A key file larger than this is not a key file.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;

@@ -1,75 +1,16 @@
 //! The handle the proxy holds: options, appends, health and the latest checkpoint.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::format::CheckpointRecord;
-use crate::writer::{self, Cmd, Hooks, RecordInput, WriterState};
-use crate::{ConfigFacts, DecisionFacts, LedgerError, OutcomeFacts};
-
-/// When an append counts as done.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum SyncMode {
-    /// After the batch holding the record was `fdatasync`ed (the default).
-    #[default]
-    Always,
-    /// After the record was written to the OS; synced every `sync_interval`.
-    Batch,
-}
-
-/// How to open a ledger. Build it with `..LedgerOptions::default()`.
-#[derive(Clone, Debug)]
-pub struct LedgerOptions {
-    /// Segments, `checkpoints.log` and `pubkey` live here. One directory per replica.
-    pub dir: PathBuf,
-    /// Ed25519 seed for checkpoints, beside the CA key; created (0600) on first open.
-    pub signing_key_path: PathBuf,
-    /// Written into every segment header and checkpoint.
-    pub replica_id: String,
-    pub sync: SyncMode,
-    /// Batch mode: how long a written record may stay unsynced.
-    pub sync_interval: Duration,
-    /// A checkpoint after this many records...
-    pub checkpoint_every: u64,
-    /// ...or once the oldest unanchored record is this old, whichever comes first.
-    pub checkpoint_interval: Duration,
-    /// Rotate once a segment reaches this size (segments also rotate at UTC midnight).
-    pub segment_max_bytes: u64,
-    /// Capacity of the writer's queue; a full queue refuses appends at once.
-    pub channel_capacity: usize,
-}
-
-impl Default for LedgerOptions {
-    fn default() -> Self {
-        LedgerOptions {
-            dir: PathBuf::from(".portcullis/ledger"),
-            signing_key_path: PathBuf::from(".portcullis/ca/ledger-signing.key"),
-            replica_id: "default".into(),
-            sync: SyncMode::Always,
-            sync_interval: Duration::from_millis(100),
-            checkpoint_every: 1000,
-            checkpoint_interval: Duration::from_secs(1),
-            segment_max_bytes: 64 * 1024 * 1024,
-            channel_capacity: 65_536,
-        }
-    }
-}
-
-/// Where an appended record landed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Appended {
-    pub seq: u64,
-    /// Hex chain hash of the record.
-    pub hash: String,
-}
+use crate::error::LedgerError;
+use crate::facts::{ConfigFacts, DecisionFacts, OutcomeFacts};
+use crate::options::{self, LedgerOptions};
+use crate::shared::{Appended, CheckpointInfo, Cmd, RecordInput, Shared};
+use crate::writer::{self, Hooks, WriterState};
 
 /// Whether appends can succeed. Feeds `/readyz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,40 +21,6 @@ pub enum Health {
     Unhealthy(String),
 }
 
-/// A signed checkpoint: the head of the chain at `head_seq`. `line` is the exact ledger line,
-/// which is also what `--trusted-checkpoint` takes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CheckpointInfo {
-    pub replica: String,
-    /// The checkpoint record's own seq (`head_seq + 1`).
-    pub seq: u64,
-    pub head_seq: u64,
-    pub head_hash: String,
-    pub segment: u64,
-    pub ts: String,
-    /// Hex Ed25519 signature.
-    pub signature: String,
-    /// Chain hash of the checkpoint record.
-    pub hash: String,
-    pub line: String,
-}
-
-impl CheckpointInfo {
-    pub(crate) fn from_record(cp: CheckpointRecord, hash: [u8; 32], line: &[u8]) -> Self {
-        CheckpointInfo {
-            replica: cp.replica,
-            seq: cp.seq,
-            head_seq: cp.head_seq,
-            head_hash: cp.head_hash,
-            segment: cp.segment,
-            ts: cp.ts,
-            signature: cp.signature,
-            hash: hex::encode(hash),
-            line: String::from_utf8_lossy(line).into_owned(),
-        }
-    }
-}
-
 /// Counters for the proxy's `portcullis_ledger_*` metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LedgerStats {
@@ -121,55 +28,6 @@ pub struct LedgerStats {
     pub batches_total: u64,
     pub syncs_total: u64,
     pub last_batch_size: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) records: AtomicU64,
-    pub(crate) batches: AtomicU64,
-    pub(crate) syncs: AtomicU64,
-    pub(crate) last_batch_size: AtomicU64,
-}
-
-/// State shared by the handles and the writer.
-pub(crate) struct Shared {
-    /// Set once, on the first write failure: the ledger never writes again.
-    fatal: OnceLock<String>,
-    /// The queue was full; cleared when the writer drains it.
-    pub(crate) saturated: AtomicBool,
-    pub(crate) closed: AtomicBool,
-    head: watch::Sender<Option<CheckpointInfo>>,
-    pub(crate) stats: Stats,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            fatal: OnceLock::new(),
-            saturated: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            head: watch::Sender::new(None),
-            stats: Stats::default(),
-        }
-    }
-}
-
-impl Shared {
-    pub(crate) fn fatal(&self) -> Option<String> {
-        self.fatal.get().cloned()
-    }
-
-    pub(crate) fn set_fatal(&self, reason: String) {
-        let _ = self.fatal.set(reason);
-    }
-
-    pub(crate) fn head(&self) -> Option<CheckpointInfo> {
-        self.head.borrow().clone()
-    }
-
-    pub(crate) fn set_head(&self, cp: CheckpointInfo) {
-        self.head.send_replace(Some(cp));
-    }
 }
 
 /// The ledger: a cheap, clonable handle to the single writer task.
@@ -198,7 +56,7 @@ impl Ledger {
         opts: LedgerOptions,
         hooks: Hooks,
     ) -> Result<Ledger, LedgerError> {
-        validate(&opts)?;
+        options::validate(&opts)?;
         let shared = Arc::new(Shared::default());
         let now = tokio::time::Instant::now();
         let capacity = opts.channel_capacity;
@@ -295,7 +153,7 @@ impl Ledger {
     /// Follow new checkpoints as they are written, e.g. to copy them to a webhook sink
     /// (SPEC §7) or an outside store for `--trusted-checkpoint`.
     pub fn watch_head(&self) -> watch::Receiver<Option<CheckpointInfo>> {
-        self.inner.shared.head.subscribe()
+        self.inner.shared.watch_head()
     }
 
     /// Write a final checkpoint, sync, seal the active segment and stop the writer.
@@ -355,28 +213,5 @@ impl Ledger {
     }
 }
 
-fn validate(opts: &LedgerOptions) -> Result<(), LedgerError> {
-    let id = &opts.replica_id;
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(LedgerError::Usage(format!(
-            "invalid replica id {id:?}: use 1 to 64 characters from A-Z a-z 0-9 - _ ."
-        )));
-    }
-    // tokio's bounded channel panics beyond its semaphore limit; stay far below it.
-    if opts.channel_capacity == 0 || opts.channel_capacity > 1 << 24 {
-        return Err(LedgerError::Usage(
-            "ledger channel_capacity must be between 1 and 16777216".into(),
-        ));
-    }
-    if opts.checkpoint_every == 0 {
-        return Err(LedgerError::Usage(
-            "ledger checkpoint_every must be at least 1".into(),
-        ));
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -81,6 +81,9 @@ mod facts;
 pub mod format;
 mod keys;
 mod ledger;
+mod options;
+mod shared;
+mod tamper;
 mod verify;
 mod writer;
 
@@ -91,10 +94,12 @@ pub use facts::{
     new_event_id, ConfigFacts, DecisionFacts, OutcomeFacts, MAX_FIELD_BYTES, MAX_LIST_ITEMS,
     MAX_PATH_TEMPLATE_BYTES,
 };
-pub use ledger::{Appended, CheckpointInfo, Health, Ledger, LedgerOptions, LedgerStats, SyncMode};
+pub use ledger::{Health, Ledger, LedgerStats};
+pub use options::{LedgerOptions, SyncMode};
+pub use shared::{Appended, CheckpointInfo};
+pub use tamper::TamperKind;
 pub use verify::{
-    verify, ChainReport, KeySource, Location, TamperKind, VerifyOptions, VerifyOutcome,
-    VerifyReport,
+    verify, ChainReport, KeySource, Location, VerifyOptions, VerifyOutcome, VerifyReport,
 };
 
 /// The public key of a signing key file, as 64 lowercase hex digits (the format of the

@@ -16,15 +16,17 @@ use std::sync::Arc;
 use ed25519_dalek::{Signer, SigningKey};
 use rand_core06::RngCore;
 use time::{Date, OffsetDateTime, UtcOffset};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::error::LedgerError;
 use crate::format::{
     self, seal, CheckpointRecord, ConfigRecord, DecisionRecord, Entry, Kind, OutcomeRecord,
     RecoveryRecord, SegmentHeader, CHECKPOINTS_FILE, FORMAT_VERSION,
 };
-use crate::ledger::{Appended, CheckpointInfo, Shared};
-use crate::{keys, ConfigFacts, DecisionFacts, LedgerError, LedgerOptions, OutcomeFacts, SyncMode};
+use crate::keys;
+use crate::options::{LedgerOptions, SyncMode};
+use crate::shared::{Appended, CheckpointInfo, Cmd, RecordInput, Shared};
 
 /// Most commands taken into one batch, so one write stays bounded.
 const MAX_BATCH: usize = 4096;
@@ -37,29 +39,6 @@ pub(crate) type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 pub(crate) struct Hooks {
     pub(crate) clock: Option<Clock>,
     pub(crate) next_segment_path: Option<PathBuf>,
-}
-
-// Always boxed inside `Cmd`, so the size difference does not matter.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum RecordInput {
-    Decision(DecisionFacts),
-    Outcome(OutcomeFacts),
-    Config(ConfigFacts),
-}
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
-
-pub(crate) enum Cmd {
-    Append {
-        input: Box<RecordInput>,
-        reply: Reply<Appended>,
-    },
-    Checkpoint {
-        reply: Reply<Option<CheckpointInfo>>,
-    },
-    Shutdown {
-        reply: Reply<()>,
-    },
 }
 
 struct Segment {
@@ -217,7 +196,7 @@ impl WriterState {
             let rec = RecoveryRecord {
                 seq: state.next_seq,
                 ts: format::format_ts(wall),
-                event_id: crate::new_event_id(),
+                event_id: crate::facts::new_event_id(),
                 kind: Kind::Recovery,
                 file,
                 bytes_dropped: cut.dropped,
@@ -510,7 +489,7 @@ impl WriterState {
         let record = CheckpointRecord {
             seq,
             ts: ts.clone(),
-            event_id: crate::new_event_id(),
+            event_id: crate::facts::new_event_id(),
             kind: Kind::Checkpoint,
             replica: self.replica.clone(),
             segment: self.seg.index,
@@ -915,117 +894,5 @@ async fn on_blocking_thread(
             shared.set_fatal(reason);
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicI64;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::{verify, Health, Ledger, VerifyOptions};
-
-    fn opts(root: &Path) -> LedgerOptions {
-        LedgerOptions {
-            dir: root.join("ledger"),
-            signing_key_path: root.join("ca").join("ledger-signing.key"),
-            checkpoint_interval: Duration::from_secs(3600),
-            ..LedgerOptions::default()
-        }
-    }
-
-    fn facts(i: u64) -> DecisionFacts {
-        DecisionFacts {
-            event_id: format!("{i:032x}"),
-            listener: "forward".into(),
-            dest_host: "api.openai.com".into(),
-            dest_port: 443,
-            decision: "allow".into(),
-            reason: "route_matched".into(),
-            policy_hash: "p".into(),
-            ..DecisionFacts::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_full_disk_fails_the_append_and_every_later_one() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let opts = LedgerOptions {
-            segment_max_bytes: 1, // the second record rotates into the "new segment"
-            ..opts(tmp.path())
-        };
-        let hooks = Hooks {
-            clock: None,
-            next_segment_path: Some(PathBuf::from("/dev/full")),
-        };
-        let ledger = Ledger::open_with(opts, hooks).await.expect("open");
-        ledger
-            .append_decision(facts(1))
-            .await
-            .expect("first append fits");
-
-        let err = ledger
-            .append_decision(facts(2))
-            .await
-            .expect_err("disk full");
-        let LedgerError::Unhealthy(reason) = &err else {
-            panic!("expected unhealthy, got {err}")
-        };
-        assert!(reason.contains("No space left"), "{reason}");
-        assert_eq!(ledger.health(), Health::Unhealthy(reason.clone()));
-        let again = ledger
-            .append_decision(facts(3))
-            .await
-            .expect_err("stays closed");
-        assert!(matches!(again, LedgerError::Unhealthy(_)), "{again}");
-        assert!(
-            ledger.shutdown().await.is_err(),
-            "shutdown reports the failure too"
-        );
-    }
-
-    #[tokio::test]
-    async fn segments_rotate_when_the_utc_day_changes() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let opts = opts(tmp.path());
-        let dir = opts.dir.clone();
-        let now = Arc::new(AtomicI64::new(1_700_000_000)); // 2023-11-14T22:13:20Z
-        let clock: Clock = {
-            let now = now.clone();
-            Arc::new(move || {
-                OffsetDateTime::from_unix_timestamp(now.load(Ordering::SeqCst))
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-            })
-        };
-        let hooks = Hooks {
-            clock: Some(clock),
-            next_segment_path: None,
-        };
-        let ledger = Ledger::open_with(opts, hooks).await.expect("open");
-        ledger.append_decision(facts(1)).await.expect("append");
-        ledger.append_decision(facts(2)).await.expect("append");
-        now.fetch_add(2 * 3600, Ordering::SeqCst); // past midnight UTC
-        let third = ledger.append_decision(facts(3)).await.expect("append");
-        ledger.shutdown().await.expect("shutdown");
-
-        let segments = format::list_segments(&dir).expect("list");
-        assert_eq!(segments.len(), 2, "{segments:?}");
-        // Records of day 1 stay in segment 1 (its sealing checkpoint is signed on day 2).
-        let first = fs::read_to_string(&segments[0].1).expect("read");
-        let decisions: Vec<_> = first
-            .lines()
-            .filter(|l| l.contains("\"kind\":\"decision\""))
-            .collect();
-        assert_eq!(decisions.len(), 2);
-        assert!(decisions.iter().all(|l| l.contains("\"ts\":\"2023-11-14T")));
-        let second = fs::read_to_string(&segments[1].1).expect("read");
-        assert!(second.contains(&format!("\"seq\":{}", third.seq)));
-        assert!(fs::metadata(&segments[0].1)
-            .expect("meta")
-            .permissions()
-            .readonly());
-        let outcome = verify(&dir, &VerifyOptions::default()).expect("verify");
-        assert!(outcome.is_intact(), "{outcome}");
     }
 }
