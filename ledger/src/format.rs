@@ -14,14 +14,16 @@
 //! last member, so the hashed body is exactly the written line minus `,"hash":"…"` and the
 //! newline.
 
-use std::io;
-use std::path::{Path, PathBuf};
+mod files;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::tamper::TamperKind;
+
+pub(crate) use files::{list_segments, split_lines};
+pub use files::{parse_segment_file_name, segment_file_name};
 
 /// Version written in every segment header.
 pub const FORMAT_VERSION: u32 = 1;
@@ -534,46 +536,6 @@ pub fn is_valid_ts(ts: &str) -> bool {
         })
 }
 
-/// `segment-00000001.jsonl`.
-pub fn segment_file_name(index: u64) -> String {
-    format!("segment-{index:08}.jsonl")
-}
-
-/// The index in a canonical segment file name, or `None` for any other name.
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("segment-")?.strip_suffix(".jsonl")?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let index: u64 = digits.parse().ok()?;
-    (segment_file_name(index) == name).then_some(index)
-}
-
-/// The segment files in `dir`, by index.
-pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(index) = entry.file_name().to_str().and_then(parse_segment_file_name) {
-            out.push((index, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Split file bytes into complete lines (without `\n`) and the length of a trailing
-/// partial line (0 when the file ends with a newline).
-pub(crate) fn split_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let lines = if complete == 0 {
-        Vec::new()
-    } else {
-        bytes[..complete - 1].split(|b| *b == b'\n').collect()
-    };
-    (lines, bytes.len() - complete)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,22 +645,5 @@ mod tests {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789)
             .expect("valid timestamp");
         assert_eq!(format_ts(t), "2023-11-14T22:13:20.123Z");
-    }
-
-    #[test]
-    fn segment_file_names_round_trip_and_odd_names_are_ignored() {
-        assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
-        assert_eq!(parse_segment_file_name("segment-42.jsonl"), None);
-        assert_eq!(parse_segment_file_name("segment-00000042.jsonl.bak"), None);
-    }
-
-    #[test]
-    fn split_lines_reports_a_torn_tail() {
-        let (lines, torn) = split_lines(b"a\nbb\ncc");
-        assert_eq!(lines, vec![&b"a"[..], &b"bb"[..]]);
-        assert_eq!(torn, 2);
-        let (lines, torn) = split_lines(b"abc");
-        assert!(lines.is_empty());
-        assert_eq!(torn, 3);
     }
 }
