@@ -79,8 +79,8 @@ impl Ledger {
         })
     }
 
-    /// Append a decision record. Resolves once it is durable per [`SyncMode`]; only then may
-    /// the request be forwarded. A full queue fails at once with
+    /// Append a decision record. Resolves once it is durable per [`SyncMode`](crate::SyncMode);
+    /// only then may the request be forwarded. A full queue fails at once with
     /// [`LedgerError::Backpressure`]; a write error fails this and every later append.
     pub async fn append_decision(&self, mut facts: DecisionFacts) -> Result<Appended, LedgerError> {
         facts.clamp();
