@@ -58,7 +58,8 @@ pub struct OutcomeFacts {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration_ms: u64,
-    /// `complete` | `client_abort` | `upstream_error` | `budget_cut`.
+    /// `complete` | `client_abort` | `upstream_error` | `shutdown` | `idle_timeout` |
+    /// `policy_changed` | `budget_cut`.
     pub end: String,
     pub policy_generation: u64,
     pub policy_hash: String,

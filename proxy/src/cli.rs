@@ -12,7 +12,7 @@ use portcullis_rules::{parse_config, Config, ListenerAuth, ResolveEntry, EMBEDDE
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::server::{resolve_path, start, Settings};
+use crate::app::{resolve_path, start, Settings};
 
 /// Exit code for an invalid config file (EX_CONFIG-style, as linkerd does).
 const EXIT_BAD_CONFIG: u8 = 64;

@@ -6,56 +6,76 @@
 //!
 //! # The life of a request (forward mode, SPEC §3)
 //!
-//! 1. **Accept** ([`server`]). A listener accepts a TCP connection, takes a
-//!    permit from the connection limit, and opens one tracing span for it.
-//! 2. **Frame-check** ([`framing`]). Every HTTP/1 byte a client sends passes
-//!    through a strict framing guard before hyper parses it: CL+TE, duplicate
-//!    Content-Length, unknown Transfer-Encoding, bare CR/LF, NUL, obs-fold and
-//!    repeated Host are answered with `400 bad_framing` and a closed
-//!    connection. This runs on the proxy connection and again inside each
-//!    intercepted tunnel.
-//! 3. **Identify** ([`identity`]). `Proxy-Authorization: Basic` is checked
-//!    against SHA-256 token hashes in constant time (`407` otherwise), or the
-//!    listener names a fixed agent (`auth = "none"`, loopback sidecars).
-//! 4. **Pre-check** ([`forward`]). `CONNECT host:port` must match a route the
-//!    agent has; an IP literal (in any spelling) is checked against the SSRF
-//!    table at once. A denial on port 443 is still intercepted so the SDK can
-//!    read the reason inside TLS; elsewhere the CONNECT itself is refused.
-//! 5. **Intercept or pass through** ([`tunnel`]). Passthrough routes splice
-//!    raw TCP after checking that the ClientHello's SNI equals the CONNECT
-//!    host. Otherwise the proxy reads the ClientHello, mints (or fetches from
-//!    the single-flight cache in `portcullis-certs`) a leaf for the CONNECT
-//!    host, and serves HTTP/1.1 or HTTP/2 by ALPN.
-//! 6. **Per request** ([`pipeline`]), for every HTTP/1 request and HTTP/2
-//!    stream: bind `Host`/`:authority` to the CONNECT host (`421`), classify,
-//!    run detectors, decide with `portcullis-rules` (first matching route wins,
-//!    no match is deny), write the audit record, then act. A denial is an
-//!    OpenAI-shaped JSON error built in exactly one place, [`rescue`].
-//! 7. **Upstream** ([`upstream`]). Resolve, refuse any SSRF-class address
-//!    unless the operator pinned it or the route allows it, connect to that
-//!    exact address, verify the certificate for the real host, and pool the
-//!    connection per (tenant, route).
-//! 8. **Stream back** ([`body`]). Response frames are passed through as they
-//!    arrive (every SSE event is flushed at once) while a metering wrapper
-//!    counts bytes and reports how the stream ended: complete, client abort
-//!    or upstream error.
+//! 1. **Accept** (`listen`). The listener accepts a TCP connection, takes a
+//!    permit from the connection limit and opens one tracing span for it.
+//!    Every HTTP/1 byte passes through the strict framing guard
+//!    (`http::framing`) before hyper parses it.
+//! 2. **CONNECT** (`listen::forward`). The caller is identified
+//!    (`identity`: `Proxy-Authorization: Basic`, SHA-256 token hashes compared
+//!    in constant time, or a listener's fixed agent), the destination is
+//!    pre-checked against the agent's routes and, for IP literals, the SSRF
+//!    table, and the verdict is recorded. A refused CONNECT closes the
+//!    connection, except on port 443, where the tunnel opens so the refusal
+//!    can be answered inside TLS, where the agent's SDK shows it.
+//! 3. **Intercept or splice** (`tls`). `tls::intercept` reads the
+//!    ClientHello, holds the SNI to the CONNECT host, mints (or fetches from
+//!    the single-flight cache in `portcullis-certs`) a leaf, and serves
+//!    HTTP/1.1 or HTTP/2 by ALPN. `tls::passthrough` splices raw TCP after
+//!    the same SNI check, for as long as the policy in force still grants it.
+//! 4. **The driver** (`pipeline`). Every HTTP/1 request and HTTP/2 stream,
+//!    and every plain `http://` proxy request, goes through one driver of
+//!    small phases, each returning `Result<_, Refusal>`:
+//!    - `bind`: framing verdict; the caller (re-checked against the current
+//!      policy inside a tunnel, so a rotated token stops at once); the target;
+//!      `Host`/`:authority` equal to it (`421`); one canonical path
+//!      (`http::path`), from which the upstream URI is built;
+//!    - `inspect` and `decide`: the body read up to `max_inspect_body`, then
+//!      `portcullis-rules` classifies, scans for vault keys, walks the routes
+//!      (first match wins, no match is deny), runs the route's detectors and
+//!      narrows, all over one strict parse of that body;
+//!    - `admit`: the one DNS lookup, every address checked against the SSRF
+//!      table; the checked addresses (`upstream::Checked`) are all the dial
+//!      may use;
+//!    - `record`: the decision record is durable before anything leaves
+//!      (`record`; audit before act). If the ledger cannot take it, `503`;
+//!    - `act` and `send`: a deny is answered locally; allow, warn and narrow
+//!      forward the (rewritten) request, and stream the response back
+//!      unbuffered, redacted, under an `OutcomeGuard` that writes the outcome
+//!      record however the request ends.
 //!
-//! Steps not yet built (classification, detectors, the ledger, budgets,
-//! approvals) have their places marked in [`pipeline`].
+//!    The first refusal goes to `rescue`, the only place that turns one
+//!    into a response. It records the refusal's decision first if no phase did,
+//!    so the ledger and the response cannot disagree.
+//! 5. **Upstream** (`upstream`). Connect to a checked address, verify the
+//!    certificate for the real host name (webpki roots plus `extra_ca`), and
+//!    pool connections per (tenant, checked destination).
+//! 6. **Shutdown** (`app`). Stop accepting, drain in-flight requests for the
+//!    grace period, drop what is left (their guards write outcomes), wait for
+//!    pending outcome records, then seal the ledger with a final checkpoint.
+//!
+//! Modules sit on floors and use only lower ones (SPEC §1 and
+//! `ARCHITECTURE.md`): `cli` > `app` > `listen`, `tls` > `pipeline` >
+//! `rescue`, `record`, `ctx` > `upstream`, `flow` > `policy`, `identity`,
+//! `http`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod audit;
-pub mod body;
-pub mod cli;
-pub mod forward;
-pub mod framing;
-pub mod identity;
-pub mod pipeline;
-pub mod rescue;
-pub mod server;
-pub mod tunnel;
-pub mod upstream;
+#[macro_use]
+mod http;
 
-pub use server::{start, RunningProxy, Settings, StartError};
+mod app;
+pub mod cli;
+mod ctx;
+mod flow;
+mod identity;
+mod listen;
+mod pipeline;
+mod policy;
+mod record;
+mod rescue;
+mod tls;
+mod upstream;
+
+pub use app::{start, RunningProxy, Settings, StartError};
+pub use policy::{ReloadError, ReloadOutcome};

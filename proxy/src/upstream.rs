@@ -6,8 +6,8 @@
 //! operator with `resolve` are trusted as written: that is the explicit opt-in
 //! hermetic tests and split-horizon DNS use. Upstream certificates are
 //! verified against the real host name with webpki roots plus `extra_ca`.
-//! Pools are keyed by (tenant, route, policy generation), so a connection is
-//! never shared across tenants.
+//! Pools are keyed by (tenant, checked destination), so a connection is never
+//! shared across tenants and never goes to an address that was not checked.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 
 /// Why we could not reach the origin. Stays typed until `rescue` maps it.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub enum UpstreamSetupError {
 }
 
 /// What every connector shares: TLS configs, pinned addresses, timeouts.
-pub struct Shared {
+struct Shared {
     tls_any: Arc<ClientConfig>,
     tls_h1: Arc<ClientConfig>,
     resolve: HashMap<(Host, u16), SocketAddr>,
@@ -73,18 +73,7 @@ pub struct Shared {
     tls_timeout: Duration,
     /// The proxy's own listening addresses: never a valid destination.
     own: Vec<SocketAddr>,
-    /// Short-lived DNS answers, so the pipeline's SSRF pre-check and the
-    /// connector check (and dial) the same addresses.
-    dns: Mutex<HashMap<(String, u16), DnsAnswer>>,
 }
-
-/// When a name was resolved, and to what.
-type DnsAnswer = (tokio::time::Instant, Vec<SocketAddr>);
-
-/// How long a DNS answer is reused. Short: it only bridges the pre-check and
-/// the dial of one request.
-const DNS_TTL: Duration = Duration::from_secs(10);
-const DNS_CACHE_MAX: usize = 4096;
 
 pub struct UpstreamOptions<'a> {
     pub extra_ca: &'a [std::path::PathBuf],
@@ -96,7 +85,17 @@ pub struct UpstreamOptions<'a> {
     pub own_addrs: Vec<SocketAddr>,
 }
 
-/// Upstream clients, one pool per (tenant, route, generation, protocol set).
+/// A destination whose every address passed the SSRF table. It is the only
+/// thing the dial accepts, so nothing is connected that was not checked, and
+/// there is no second lookup an attacker could rebind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Checked {
+    pub host: Host,
+    pub port: u16,
+    addrs: Arc<[SocketAddr]>,
+}
+
+/// Upstream clients, one pool per (tenant, checked destination, protocol set).
 pub struct Upstream {
     shared: Arc<Shared>,
     pub response_header_timeout: Duration,
@@ -107,10 +106,13 @@ pub struct Upstream {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     tenant: String,
-    route: String,
-    generation: u64,
+    dest: Checked,
     h1_only: bool,
 }
+
+/// Most pools kept; past it the map starts over (idle connections close with
+/// their pools, requests in flight keep theirs).
+const MAX_POOLS: usize = 4096;
 
 pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
     let err = |detail: String| UpstreamSetupError::ExtraCa {
@@ -161,7 +163,6 @@ impl Upstream {
             connect_timeout: opts.connect_timeout,
             tls_timeout: opts.tls_timeout,
             own: opts.own_addrs,
-            dns: Mutex::new(HashMap::new()),
         };
         Ok(Upstream {
             shared: Arc::new(shared),
@@ -171,25 +172,40 @@ impl Upstream {
         })
     }
 
-    /// The pooled client for this tenant and route. `h1_only` is for
-    /// WebSocket upgrades, which need HTTP/1.1 end to end.
+    /// SPEC §3 step 6: resolves `host:port` once and checks every address
+    /// against the SSRF table (and the proxy's own addresses). Operator-pinned
+    /// addresses (`resolve`) are the explicit opt-in and are trusted as written.
+    pub async fn check(
+        &self,
+        host: &Host,
+        port: u16,
+        route: &Route,
+    ) -> Result<Checked, ConnectError> {
+        let addrs = resolve_checked(&self.shared, host, port, route).await?;
+        Ok(Checked {
+            host: host.clone(),
+            port,
+            addrs: addrs.into(),
+        })
+    }
+
+    /// The pooled client for this tenant and checked destination. `h1_only`
+    /// is for WebSocket upgrades, which need HTTP/1.1 end to end. A pool never
+    /// serves two tenants, and never dials an address it was not handed.
     pub fn client(
         &self,
         tenant: &str,
-        route: &Arc<Route>,
-        generation: u64,
+        dest: &Checked,
         h1_only: bool,
     ) -> Client<Connector, ProxyBody> {
         let key = PoolKey {
             tenant: tenant.to_owned(),
-            route: route.id.clone(),
-            generation,
+            dest: dest.clone(),
             h1_only,
         };
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 4096 {
-            // Old generations' pools; idle connections close with them.
-            map.retain(|k, _| k.generation == generation);
+        if map.len() >= MAX_POOLS && !map.contains_key(&key) {
+            map.clear();
         }
         map.entry(key)
             .or_insert_with(|| {
@@ -199,34 +215,16 @@ impl Upstream {
                     .pool_max_idle_per_host(64)
                     .build(Connector {
                         shared: self.shared.clone(),
-                        route: route.clone(),
+                        dest: dest.clone(),
                         h1_only,
                     })
             })
             .clone()
     }
 
-    /// Step 6 ahead of time: resolves the target and checks every address,
-    /// so an SSRF refusal is decided (and audited) before anything is sent.
-    pub async fn check_destination(
-        &self,
-        host: &Host,
-        port: u16,
-        route: &Route,
-    ) -> Result<(), ConnectError> {
-        resolve_checked(&self.shared, host, port, route)
-            .await
-            .map(|_| ())
-    }
-
-    /// Resolve, check and connect a raw TCP stream (passthrough routes).
-    pub async fn dial(
-        &self,
-        host: &Host,
-        port: u16,
-        route: &Route,
-    ) -> Result<TcpStream, ConnectError> {
-        dial(&self.shared, host, port, route).await
+    /// Connects a raw TCP stream to a checked destination (passthrough routes).
+    pub async fn dial(&self, dest: &Checked) -> Result<TcpStream, ConnectError> {
+        dial(&self.shared, dest).await
     }
 }
 
@@ -244,40 +242,21 @@ async fn resolve_checked(
     let addrs: Vec<SocketAddr> = match host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         Host::Name(name) => {
-            let key = (name.clone(), port);
-            let now = tokio::time::Instant::now();
-            let cached = {
-                let dns = shared.dns.lock().unwrap_or_else(|p| p.into_inner());
-                dns.get(&key)
-                    .filter(|(at, _)| now.duration_since(*at) < DNS_TTL)
-                    .map(|(_, a)| a.clone())
-            };
             let lookup = tokio::net::lookup_host((name.as_str(), port));
-            match cached {
-                Some(addrs) => addrs,
-                None => match tokio::time::timeout(shared.connect_timeout, lookup).await {
-                    Ok(Ok(it)) => {
-                        let addrs: Vec<SocketAddr> = it.collect();
-                        let mut dns = shared.dns.lock().unwrap_or_else(|p| p.into_inner());
-                        if dns.len() >= DNS_CACHE_MAX {
-                            dns.clear();
-                        }
-                        dns.insert(key, (now, addrs.clone()));
-                        addrs
-                    }
-                    Ok(Err(e)) => {
-                        return Err(ConnectError::Resolve {
-                            host: name.clone(),
-                            detail: e.to_string(),
-                        })
-                    }
-                    Err(_) => {
-                        return Err(ConnectError::Resolve {
-                            host: name.clone(),
-                            detail: "timed out".into(),
-                        })
-                    }
-                },
+            match tokio::time::timeout(shared.connect_timeout, lookup).await {
+                Ok(Ok(it)) => it.collect(),
+                Ok(Err(e)) => {
+                    return Err(ConnectError::Resolve {
+                        host: name.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    return Err(ConnectError::Resolve {
+                        host: name.clone(),
+                        detail: "timed out".into(),
+                    })
+                }
             }
         }
     };
@@ -314,44 +293,39 @@ fn check_own(shared: &Shared, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>,
     Ok(addrs)
 }
 
-async fn dial(
-    shared: &Shared,
-    host: &Host,
-    port: u16,
-    route: &Route,
-) -> Result<TcpStream, ConnectError> {
-    let addrs = resolve_checked(shared, host, port, route).await?;
+async fn dial(shared: &Shared, dest: &Checked) -> Result<TcpStream, ConnectError> {
     let mut last = None;
-    for addr in addrs {
-        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+    for addr in dest.addrs.iter() {
+        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(*addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
             Ok(Err(e)) => {
                 last = Some(ConnectError::Connect {
-                    host: host.to_string(),
+                    host: dest.host.to_string(),
                     source: e,
                 })
             }
             Err(_) => {
                 last = Some(ConnectError::ConnectTimeout {
-                    host: host.to_string(),
+                    host: dest.host.to_string(),
                 });
             }
         }
     }
     Err(last.unwrap_or(ConnectError::Resolve {
-        host: host.to_string(),
+        host: dest.host.to_string(),
         detail: "no addresses".into(),
     }))
 }
 
-/// A `tower::Service<Uri>` for hyper-util's pooled client.
+/// A `tower::Service<Uri>` for hyper-util's pooled client. It dials only the
+/// checked addresses it was built with, and only for the host they belong to.
 #[derive(Clone)]
 pub struct Connector {
     shared: Arc<Shared>,
-    route: Arc<Route>,
+    dest: Checked,
     h1_only: bool,
 }
 
@@ -386,7 +360,12 @@ impl Connector {
             .ok_or_else(|| ConnectError::BadTarget("missing host".into()))?;
         let host = Host::parse(raw_host).map_err(|e| ConnectError::BadTarget(e.to_string()))?;
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = dial(&self.shared, &host, port, &self.route).await?;
+        if host != self.dest.host || port != self.dest.port {
+            return Err(ConnectError::BadTarget(format!(
+                "{host}:{port} is not the checked destination"
+            )));
+        }
+        let tcp = dial(&self.shared, &self.dest).await?;
         if !tls {
             return Ok(UpConn::Plain(TokioIo::new(tcp)));
         }

@@ -29,6 +29,12 @@ pub enum End {
     Complete,
     ClientAbort,
     UpstreamError,
+    /// The proxy was shutting down and could not wait any longer.
+    Shutdown,
+    /// A relay (splice or WebSocket) moved no byte for the idle timeout.
+    IdleTimeout,
+    /// A reload took away the route a spliced tunnel was using.
+    PolicyChanged,
 }
 
 impl End {
@@ -37,6 +43,9 @@ impl End {
             End::Complete => "complete",
             End::ClientAbort => "client_abort",
             End::UpstreamError => "upstream_error",
+            End::Shutdown => "shutdown",
+            End::IdleTimeout => "idle_timeout",
+            End::PolicyChanged => "policy_changed",
         }
     }
 }

@@ -579,6 +579,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
     }
 }
 
+/// The guard's verdict on a request: `Some` when this is the synthetic request
+/// that replaced a bad head (it carries this connection's nonce).
+pub fn violation_of<B>(req: &http::Request<B>, nonce: &str) -> Option<Violation> {
+    use subtle::ConstantTimeEq;
+    let v = req.headers().get(FRAMING_HEADER)?.to_str().ok()?;
+    let (n, code) = v.split_once(' ')?;
+    // A client must not be able to forge the marker: compare in constant time.
+    if n.len() != nonce.len() || !bool::from(n.as_bytes().ct_eq(nonce.as_bytes())) {
+        return None;
+    }
+    Some(Violation::from_code(code).unwrap_or(Violation::MalformedHead))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,266 @@
+//! Process wiring: build the context, bind listeners, start the accept loops
+//! and the reload watcher, and shut down in order: stop accepting, let
+//! in-flight requests finish (up to the grace period), drop what is left,
+//! wait for the pending outcome records, then seal the ledger.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_certs::{CacheOptions, CertificateAuthority, LeafCache};
+use portcullis_ledger::{ConfigFacts, Ledger, LedgerError, LedgerOptions, SyncMode};
+use portcullis_rules::{Config, LedgerSync};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::ctx::{Ctx, Limits, Phase, TlsServer};
+use crate::listen::{accept_loop, ListenerInfo};
+use crate::policy::{reload, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
+use crate::record::Outcomes;
+use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
+
+/// A spliced tunnel or WebSocket session with no traffic for this long closes.
+const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// After the grace period, how long dropped connections get to write their
+/// outcome records before the ledger is sealed.
+const OUTCOME_FLUSH: Duration = Duration::from_secs(5);
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("CA: {0}")]
+    Ca(#[from] portcullis_certs::CaError),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("ledger: {}", .0.full_message())]
+    Ledger(#[from] LedgerError),
+}
+
+/// What `start` needs beyond the parsed config.
+pub struct Settings {
+    pub config: Config,
+    /// Relative paths in the config resolve against this directory.
+    pub base_dir: PathBuf,
+    /// The file the config came from. When set, SIGHUP and changes to the
+    /// file reload the policy.
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running proxy. Dropping it does not stop it; call `shutdown`.
+pub struct RunningProxy {
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub ca_cert_path: PathBuf,
+    pub ca_created: bool,
+    pub ledger_dir: PathBuf,
+    pub ledger: Ledger,
+    ctx: Arc<Ctx>,
+    config_path: Option<PathBuf>,
+    phase: watch::Sender<Phase>,
+    tasks: JoinSet<()>,
+    conns: Arc<Semaphore>,
+    max_conns: u32,
+    grace: Duration,
+}
+
+impl RunningProxy {
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Reloads the policy from the config file (what SIGHUP does).
+    pub async fn reload(&self, source: &str) -> Result<ReloadOutcome, ReloadError> {
+        match &self.config_path {
+            Some(p) => reload(&self.ctx.policy, &self.ctx.ledger, p, source).await,
+            None => Err(ReloadError::NoFile),
+        }
+    }
+
+    /// The policy generation in force.
+    pub fn policy_generation(&self) -> u64 {
+        self.ctx.policy.load().generation
+    }
+
+    /// Stops accepting, lets in-flight work finish (up to the grace period),
+    /// drops what is still running, waits for the outcome records that
+    /// leaves, and seals the ledger with a final checkpoint.
+    pub async fn shutdown(mut self) {
+        self.phase.send_replace(Phase::Draining);
+        while self.tasks.join_next().await.is_some() {}
+        let all = self.max_conns;
+        let drained = tokio::time::timeout(self.grace, self.conns.acquire_many(all)).await;
+        if drained.is_ok() {
+            tracing::info!("drained all connections");
+        } else {
+            tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
+            self.phase.send_replace(Phase::Closing);
+            let _ = tokio::time::timeout(OUTCOME_FLUSH, self.conns.acquire_many(all)).await;
+        }
+        self.phase.send_replace(Phase::Closing);
+        if !self.ctx.outcomes.settled(OUTCOME_FLUSH).await {
+            tracing::error!("outcome records still pending at shutdown");
+        }
+        // The final checkpoint anchors everything written so far.
+        if let Err(e) = self.ledger.shutdown().await {
+            tracing::error!(error = %e.full_message(), "ledger shutdown failed");
+        }
+    }
+}
+
+pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Loads the CA, opens the ledger, binds every listener and starts serving.
+pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
+    let cfg = settings.config;
+    let base = settings.base_dir.clone();
+    let ca_dir = resolve_path(&base, &cfg.ca.dir);
+    let (ca, ca_created) = CertificateAuthority::load_or_init(&ca_dir)?;
+    if ca_created {
+        tracing::info!(dir = %ca_dir.display(), "created a new CA");
+    }
+    let certs = LeafCache::new(
+        Arc::new(ca),
+        CacheOptions {
+            capacity: cfg.ca.cache_capacity,
+            ttl: cfg.ca.leaf_ttl,
+        },
+    );
+
+    let ledger_dir = resolve_path(&base, &cfg.ledger.dir);
+    let ledger = Ledger::open(LedgerOptions {
+        dir: ledger_dir.clone(),
+        signing_key_path: ca_dir.join("ledger-signing.key"),
+        replica_id: cfg.ledger.replica_id.clone(),
+        sync: match cfg.ledger.sync {
+            LedgerSync::Batch => SyncMode::Batch,
+            _ => SyncMode::Always,
+        },
+        sync_interval: cfg.ledger.sync_interval,
+        checkpoint_every: cfg.ledger.checkpoint_every,
+        checkpoint_interval: cfg.ledger.checkpoint_interval,
+        segment_max_bytes: cfg.ledger.segment_max_bytes,
+        ..LedgerOptions::default()
+    })
+    .await?;
+    // Which policy is in force is itself evidence.
+    ledger
+        .append_config(ConfigFacts {
+            event_id: portcullis_ledger::new_event_id(),
+            policy_generation: 1,
+            policy_hash: cfg.policy.hash_hex().to_owned(),
+            source: "startup".into(),
+        })
+        .await?;
+
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let bind_err = |source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        };
+        let listener = TcpListener::bind(l.bind).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        bound.push((l, listener, addr));
+    }
+
+    let extra_ca: Vec<PathBuf> = cfg
+        .upstream
+        .extra_ca
+        .iter()
+        .map(|p| resolve_path(&base, p))
+        .collect();
+    let upstream = Upstream::new(UpstreamOptions {
+        extra_ca: &extra_ca,
+        resolve: &cfg.upstream.resolve,
+        connect_timeout: cfg.upstream.connect_timeout,
+        tls_timeout: cfg.upstream.tls_timeout,
+        response_header_timeout: cfg.upstream.response_header_timeout,
+        idle_timeout: cfg.upstream.idle_timeout,
+        own_addrs: bound.iter().map(|(_, _, a)| *a).collect(),
+    })?;
+
+    let ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| StartError::Tls(e.to_string()))?;
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let ctx = Arc::new(Ctx {
+        policy: Arc::new(PolicyHolder::new(cfg.policy.clone())),
+        vault: portcullis_rules::VaultScanner::empty(),
+        ledger: ledger.clone(),
+        outcomes: Outcomes::default(),
+        certs,
+        upstream,
+        limits: Limits {
+            client_header_timeout: cfg.limits.client_header_timeout,
+            max_inspect_body: cfg.limits.max_inspect_body,
+            max_header_bytes: cfg.limits.max_header_bytes,
+            handshake_timeout: cfg.limits.client_header_timeout,
+            relay_idle_timeout: RELAY_IDLE_TIMEOUT,
+        },
+        tls: TlsServer {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            session_storage: rustls::server::ServerSessionMemoryCache::new(4096),
+            ticketer,
+        },
+        phase: phase_rx,
+    });
+
+    let max_conns = u32::try_from(cfg.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS))
+        .unwrap_or(u32::MAX);
+    let conns = Arc::new(Semaphore::new(max_conns as usize));
+    let mut tasks = JoinSet::new();
+    let mut listeners = Vec::new();
+    for (l, listener, addr) in bound {
+        listeners.push((l.name.clone(), addr));
+        let info = Arc::new(ListenerInfo {
+            name: l.name.clone(),
+            mode: l.mode,
+            auth: l.auth.clone(),
+        });
+        tasks.spawn(accept_loop(ctx.clone(), info, listener, conns.clone()));
+    }
+
+    if let Some(path) = settings.config_path.clone() {
+        let stop_ctx = ctx.clone();
+        tasks.spawn(watch_file(
+            ctx.policy.clone(),
+            ledger.clone(),
+            path,
+            async move { stop_ctx.reached(Phase::Draining).await },
+        ));
+    }
+
+    Ok(RunningProxy {
+        listeners,
+        ca_cert_path: CertificateAuthority::cert_path(&ca_dir),
+        ca_created,
+        ledger_dir,
+        ledger,
+        ctx,
+        config_path: settings.config_path,
+        phase: phase_tx,
+        tasks,
+        conns,
+        max_conns,
+        grace: cfg.limits.shutdown_grace,
+    })
+}

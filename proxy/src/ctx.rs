@@ -1,0 +1,69 @@
+//! The handles every connection shares. Handles only: per-request values live
+//! in [`crate::flow`], and behaviour lives with the services themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_certs::LeafCache;
+use portcullis_ledger::Ledger;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, StoresServerSessions};
+use tokio::sync::watch;
+
+use crate::policy::PolicyHolder;
+use crate::record::Outcomes;
+use crate::upstream::Upstream;
+
+/// Limits copied out of the config for the hot path.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub client_header_timeout: Duration,
+    /// Request bodies are read up to this size for classification and detectors.
+    pub max_inspect_body: u64,
+    pub max_header_bytes: usize,
+    pub handshake_timeout: Duration,
+    /// A spliced tunnel or WebSocket session with no traffic for this long is closed.
+    pub relay_idle_timeout: Duration,
+}
+
+/// The TLS server pieces shared by every intercepted tunnel.
+pub struct TlsServer {
+    pub provider: Arc<CryptoProvider>,
+    pub session_storage: Arc<dyn StoresServerSessions + Send + Sync>,
+    pub ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// Where the process is in its life. Connections watch it: on `Draining`
+/// they finish what is in flight; on `Closing` they drop it, which writes the
+/// outcome of anything still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    Draining,
+    Closing,
+}
+
+pub struct Ctx {
+    pub policy: Arc<PolicyHolder>,
+    /// Exact-value scanner for the vault's keys (empty until the vault lands).
+    pub vault: portcullis_rules::VaultScanner,
+    pub ledger: Ledger,
+    pub outcomes: Outcomes,
+    pub certs: LeafCache,
+    pub upstream: Upstream,
+    pub limits: Limits,
+    pub tls: TlsServer,
+    pub phase: watch::Receiver<Phase>,
+}
+
+impl Ctx {
+    /// Resolves once the process reaches `phase` (or later).
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.clone();
+        let _ = rx.wait_for(|p| *p as u8 >= phase as u8).await;
+    }
+
+    pub fn is_running(&self) -> bool {
+        *self.phase.borrow() == Phase::Running
+    }
+}

@@ -1,0 +1,117 @@
+//! The per-request value types: where a request goes, how its client came
+//! in, what a tunnel's CONNECT decided, and ids.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portcullis_rules::{Decision, Host, ListenerAuth, Route};
+use rand::RngCore;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::identity::Identity;
+
+/// How the upstream is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Https,
+    Http,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+}
+
+/// Where a request goes: the CONNECT target, or an absolute URL's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+    pub scheme: Scheme,
+}
+
+impl Target {
+    /// `host[:port]` as it goes in an upstream URI (port omitted when default).
+    pub fn authority(&self) -> String {
+        let host = match &self.host {
+            Host::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+            h => h.to_string(),
+        };
+        if self.port == self.scheme.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// What CONNECT decided for a tunnel: one value, so "intercepted but refused"
+/// and "passed through without a route" cannot be expressed.
+#[derive(Clone, Debug)]
+pub enum TunnelVerdict {
+    /// Terminate TLS and run every request inside through the driver, which
+    /// walks the routes again for each one.
+    Intercept,
+    /// Splice raw TCP after checking the SNI.
+    Passthrough(Arc<Route>),
+    /// Refused at CONNECT, but on port 443: terminate TLS anyway and answer
+    /// each request with this decision, so the agent's SDK can show why.
+    Refused(Decision),
+}
+
+/// How the client came in, and so where a request's target comes from.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// Inside an intercepted CONNECT tunnel: the target is fixed, and the
+    /// identity was proven at CONNECT (re-checked on every request).
+    Tunnel {
+        target: Target,
+        verdict: TunnelVerdict,
+        who: Identity,
+    },
+    /// Absolute-form `http://` requests on the proxy connection: each names
+    /// its own target and carries its own credentials.
+    Plain { auth: ListenerAuth },
+}
+
+/// The framing layer a request arrived on.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// HTTP/1 behind the framing guard, whose synthetic refusals carry this nonce.
+    Http1 {
+        nonce: String,
+    },
+    Http2,
+}
+
+/// One client connection (or tunnel), shared by every request on it.
+pub struct Flow {
+    pub listener: String,
+    pub entry: Entry,
+    pub wire: Wire,
+    /// The connection's permit: long-lived work that outlives the HTTP
+    /// connection (a WebSocket relay) holds it too.
+    pub permit: Arc<OwnedSemaphorePermit>,
+}
+
+pub fn new_event_id() -> String {
+    portcullis_ledger::new_event_id()
+}
+
+/// A per-connection secret for the framing guard's synthetic requests.
+pub fn new_nonce() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}

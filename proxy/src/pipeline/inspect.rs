@@ -1,0 +1,96 @@
+//! Phases `inspect` and `decide` (SPEC §3 steps 5.3–5.5): read the body up to
+//! the inspection limit, then let the policy classify, scan, walk the routes,
+//! run the route's detectors and narrow, all over that one read.
+
+use http::request::Parts;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use portcullis_rules::{Decision, Inspection, Reason, RequestFacts};
+
+use super::bind::Bound;
+use crate::ctx::Ctx;
+use crate::flow::Scheme;
+use crate::http::body::{full, read_bounded, Prefixed, ProxyBody};
+use crate::policy::PolicySnapshot;
+use crate::record::RequestRecord;
+use crate::rescue::Refusal;
+
+/// The request as it will be forwarded if the decision lets it.
+pub struct Inspected {
+    pub parts: Parts,
+    /// The inspected bytes replayed ahead of any unread rest, or the narrowed body.
+    pub body: ProxyBody,
+    /// The client side of a WebSocket upgrade.
+    pub client_upgrade: Option<OnUpgrade>,
+}
+
+pub async fn inspect(
+    ctx: &Ctx,
+    snap: &PolicySnapshot,
+    rec: &mut RequestRecord,
+    bound: &Bound,
+    mut req: Request<Incoming>,
+) -> Result<Inspected, Refusal> {
+    let client_upgrade = bound.websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // The policy sees exactly the bytes that will be forwarded. Trailers of a
+    // fully read body are dropped here: they were never inspected.
+    let read = read_bounded(body, ctx.limits.max_inspect_body)
+        .await
+        .map_err(|e| {
+            tracing::info!(error = %e, "client request body failed");
+            Refusal::deny(Reason::BadRequest)
+                .detail("the request body could not be read")
+                .close()
+        })?;
+    let header_list: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let method = parts.method.as_str();
+    let evaluation = snap.policy.agent(&bound.who.agent).map(|agent| {
+        snap.policy.evaluate(
+            agent,
+            &RequestFacts {
+                host: &bound.target.host,
+                port: bound.target.port,
+                method,
+                path: &bound.path,
+                plaintext: bound.target.scheme == Scheme::Http,
+                websocket: bound.websocket,
+            },
+            &Inspection {
+                query: parts.uri.query(),
+                headers: &header_list,
+                body: Some(&read.prefix),
+                body_truncated: read.truncated,
+            },
+            &ctx.vault,
+        )
+    });
+    drop(header_list);
+    let Some(evaluation) = evaluation else {
+        // The agent was valid at bind under this same snapshot; be safe anyway.
+        return Err(Refusal::new(Decision::deny(Reason::AuthFailed)));
+    };
+    rec.decision = evaluation.decision;
+    rec.classification = Some(evaluation.classification);
+    // A narrowed body replaces the original; otherwise the inspected bytes
+    // are replayed ahead of whatever was not read.
+    let body: ProxyBody = match (evaluation.narrowed, read.rest) {
+        (Some(n), _) => {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            full(n.body)
+        }
+        (None, Some(rest)) => Prefixed::new(read.prefix, rest).boxed_unsync(),
+        (None, None) => full(read.prefix),
+    };
+    Ok(Inspected {
+        parts,
+        body,
+        client_upgrade,
+    })
+}

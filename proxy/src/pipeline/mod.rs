@@ -1,0 +1,66 @@
+//! The request driver (SPEC §3 step 5): every HTTP/1 request and HTTP/2
+//! stream, whichever listener it came from, goes through [`drive`].
+//!
+//! Each phase is a small function that returns `Result<_, Refusal>`; the
+//! first `Err` goes to [`rescue`], which records the refusal's decision (if no
+//! phase recorded one yet) and answers the client. There is no other way out.
+
+mod bind;
+mod inspect;
+mod send;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use portcullis_rules::Action;
+
+use crate::ctx::Ctx;
+use crate::flow::Flow;
+use crate::http::body::ProxyBody;
+use crate::record::RequestRecord;
+use crate::rescue::{ledger_unavailable, rescue, Refusal};
+
+/// Runs one request through every phase and returns what the client gets.
+pub async fn drive(ctx: Arc<Ctx>, flow: Arc<Flow>, req: Request<Incoming>) -> Response<ProxyBody> {
+    // One snapshot per request: a reload mid-request cannot change its rules.
+    let snap = ctx.policy.load();
+    let mut rec = RequestRecord::new(&snap, &flow.listener);
+    rec.method = Some(req.method().as_str().to_owned());
+    match run(&ctx, &flow, &snap, &mut rec, req).await {
+        Ok(resp) => resp,
+        Err(refusal) => rescue(&ctx, &mut rec, refusal).await,
+    }
+}
+
+async fn run(
+    ctx: &Arc<Ctx>,
+    flow: &Arc<Flow>,
+    snap: &crate::policy::PolicySnapshot,
+    rec: &mut RequestRecord,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    // bind: framing verdict, who is calling, where it goes, Host == target, and
+    // one canonical path, so policy and upstream see the same request.
+    let (bound, req) = bind::bind(flow, snap, rec, req)?;
+    // inspect + decide: one bounded read, one strict parse; classification,
+    // detectors, the route walk and narrowing all read that one parse.
+    let inspected = inspect::inspect(ctx, snap, rec, &bound, req).await?;
+    // act (deny): answered locally, after rescue records it. So is any action
+    // this driver cannot carry out: fail closed.
+    let route = match (&rec.decision.route, rec.decision.action) {
+        (Some(route), Action::Allow | Action::Warn | Action::Narrow) => route.clone(),
+        _ => return Err(Refusal::new(rec.decision.clone())),
+    };
+    // admit: the one DNS lookup, every address checked against the SSRF table;
+    // the checked addresses are the only ones the dial may use.
+    let dest = send::admit(ctx, rec, &bound, &route).await?;
+    // record: the decision is durable before anything leaves (audit before act).
+    rec.commit(&ctx.ledger)
+        .await
+        .map_err(|_| ledger_unavailable())?;
+    // act (allow | warn | narrow) and send: the (possibly narrowed) request goes
+    // upstream and streams back, redacted, under the outcome guard. Key
+    // injection joins here, between credential stripping and the dial.
+    send::send(ctx, flow, rec, bound, dest, inspected).await
+}

@@ -1,0 +1,186 @@
+//! Phases `admit` and `send` (SPEC §3 steps 5.7–5.9 and 6): check the
+//! destination's addresses, send the request to exactly those, and stream the
+//! response back under the outcome guard.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use portcullis_rules::{Decision, Reason, Redactor, Route};
+use tracing::Instrument;
+
+use super::bind::Bound;
+use super::inspect::Inspected;
+use crate::ctx::{Ctx, Phase};
+use crate::flow::Flow;
+use crate::http::body::{empty, End, Metered, ProxyBody, Redacting};
+use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
+use crate::http::relay::relay;
+use crate::record::{OutcomeGuard, RequestRecord};
+use crate::rescue::Refusal;
+use crate::upstream::{find_connect_error, Checked, ConnectError};
+
+/// Resolves the target once and checks every address (SSRF table, the
+/// proxy's own addresses). A refusal here is a decision and is recorded as one.
+pub async fn admit(
+    ctx: &Ctx,
+    rec: &mut RequestRecord,
+    bound: &Bound,
+    route: &Route,
+) -> Result<Checked, Refusal> {
+    match ctx
+        .upstream
+        .check(&bound.target.host, bound.target.port, route)
+        .await
+    {
+        Ok(dest) => Ok(dest),
+        Err(e) => {
+            let reason = match e {
+                ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => {
+                    tracing::warn!(error = %e, "destination refused by the SSRF guard");
+                    Reason::SsrfBlocked
+                }
+                _ => {
+                    tracing::warn!(error = %e, "destination could not be resolved");
+                    Reason::ResolveFailed
+                }
+            };
+            // Keep what the policy found (classification, detectors) but deny.
+            let mut decision = Decision::deny(reason);
+            decision.detectors = std::mem::take(&mut rec.decision.detectors);
+            rec.decision = decision.clone();
+            Err(Refusal::new(decision).detail(e.to_string()))
+        }
+    }
+}
+
+/// Sends the request and returns the streaming response. From here on the
+/// decision is recorded, so every ending writes an outcome: the guard does it
+/// when the body ends, when the client goes away, or when this future is
+/// dropped before the upstream answers.
+pub async fn send(
+    ctx: &Arc<Ctx>,
+    flow: &Arc<Flow>,
+    rec: &RequestRecord,
+    bound: Bound,
+    dest: Checked,
+    inspected: Inspected,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase);
+    let Inspected {
+        mut parts,
+        body,
+        client_upgrade,
+    } = inspected;
+    let websocket = client_upgrade.is_some();
+    parts.uri = bound.upstream_uri;
+    parts.version = Version::HTTP_11;
+    scrub_request_headers(&mut parts.headers, websocket);
+    // The request body is metered like the response; its total is in the
+    // guard before the outcome is written.
+    let counter = guard.bytes_in();
+    let body = Metered::new(body, move |n, _| counter.store(n, Ordering::Relaxed));
+    let up_req = Request::from_parts(parts, body.boxed_unsync());
+    let client = ctx.upstream.client(&bound.who.tenant, &dest, websocket);
+    let answered =
+        tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
+    let mut resp = match answered {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(fail(guard, upstream_refusal(&e))),
+        Err(_) => {
+            let r = Refusal::deny(Reason::UpstreamTimeout)
+                .detail("no response headers from upstream in time");
+            return Err(fail(guard, r));
+        }
+    };
+    let status = resp.status();
+    guard.status(status.as_u16());
+    if let Some(client_upgrade) = client_upgrade {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            scrub_response_headers(&mut parts.headers, true, &rec.event_id);
+            tokio::spawn(
+                websocket_session(
+                    ctx.clone(),
+                    flow.clone(),
+                    client_upgrade,
+                    upstream_upgrade,
+                    guard,
+                )
+                .instrument(tracing::Span::current()),
+            );
+            return Ok(Response::from_parts(parts, empty()));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    scrub_response_headers(&mut parts.headers, false, &rec.event_id);
+    // Text responses are redacted on the way (SPEC §6); the length may change.
+    let body: ProxyBody = if redactable(&parts.headers) {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Redacting::new(body, Redactor::new(&ctx.vault)).boxed_unsync()
+    } else {
+        body.map_err(Into::into).boxed_unsync()
+    };
+    // Stream back unbuffered; the outcome is written however the stream ends.
+    let metered = Metered::new(body, move |bytes_out, end| guard.finish(bytes_out, end));
+    Ok(Response::from_parts(parts, metered.boxed_unsync()))
+}
+
+/// The upstream failed before answering: the outcome says so, and the client
+/// gets the failure's status.
+fn fail(mut guard: OutcomeGuard, r: Refusal) -> Refusal {
+    guard.status(r.status_code().as_u16());
+    guard.finish(0, End::UpstreamError);
+    r
+}
+
+/// A switched WebSocket: relay frames both ways. It holds the client
+/// connection's permit, closes when idle or when the proxy closes, and its
+/// outcome carries the byte counts.
+async fn websocket_session(
+    ctx: Arc<Ctx>,
+    flow: Arc<Flow>,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: OutcomeGuard,
+) {
+    let _permit = flow.permit.clone();
+    let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
+        tracing::info!("websocket upgrade did not complete");
+        guard.finish(0, End::ClientAbort);
+        return;
+    };
+    let stop = ctx.reached(Phase::Closing);
+    let r = relay(
+        TokioIo::new(c),
+        TokioIo::new(u),
+        ctx.limits.relay_idle_timeout,
+        stop,
+    )
+    .await;
+    tracing::info!(bytes_up = r.up, bytes_down = r.down, end = ?r.end, "websocket closed");
+    guard.bytes_in().store(r.up, Ordering::Relaxed);
+    guard.finish(r.down, r.end.into());
+}
+
+fn upstream_refusal(e: &hyper_util::client::legacy::Error) -> Refusal {
+    let Some(ce) = find_connect_error(e) else {
+        tracing::warn!(error = %e, "upstream request failed");
+        return Refusal::deny(Reason::UpstreamError).detail("the upstream connection failed");
+    };
+    tracing::warn!(error = %ce, "upstream connect failed");
+    let reason = match ce {
+        ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => Reason::SsrfBlocked,
+        ConnectError::Resolve { .. } => Reason::ResolveFailed,
+        ConnectError::ConnectTimeout { .. } | ConnectError::TlsTimeout { .. } => {
+            Reason::UpstreamTimeout
+        }
+        ConnectError::Tls { .. } => Reason::UpstreamTls,
+        ConnectError::Connect { .. } => Reason::UpstreamConnect,
+        _ => Reason::UpstreamError,
+    };
+    Refusal::deny(reason).detail(ce.to_string())
+}

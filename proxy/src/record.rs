@@ -1,0 +1,438 @@
+//! One [`RequestRecord`] per request (SPEC §3 steps 5.6 and 5.9).
+//!
+//! It is built once and fills in as the request moves through the driver. It
+//! feeds the canonical decision log line and the ledger's `decision` record,
+//! with the same field names ([`field`], the ledger's own names), so the two
+//! cannot disagree. A request is forwarded or answered only after its record
+//! is durable (audit before act).
+//!
+//! Every forwarded request's ending is written by an [`OutcomeGuard`]: it
+//! writes when it is dropped, so a client reset, an upstream failure, a
+//! WebSocket session or a shutdown all leave an `outcome` record without any
+//! path having to remember to write one.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_ledger::{DecisionFacts, Health, Ledger, LedgerError, OutcomeFacts};
+use portcullis_rules::{Classification, Decision, Reason};
+use tokio::sync::{watch, Notify};
+
+use crate::ctx::Phase;
+use crate::flow::Target;
+use crate::http::body::End;
+use crate::identity::Identity;
+use crate::policy::PolicySnapshot;
+
+/// The field names of the log lines: the ledger's record field names.
+pub mod field {
+    pub const EVENT_ID: &str = "event_id";
+    pub const TENANT: &str = "tenant";
+    pub const AGENT: &str = "agent";
+    pub const LISTENER: &str = "listener";
+    pub const DEST_HOST: &str = "dest_host";
+    pub const DEST_PORT: &str = "dest_port";
+    pub const METHOD: &str = "method";
+    pub const PATH_TEMPLATE: &str = "path_template";
+    pub const PROVIDER: &str = "provider";
+    pub const MODEL: &str = "model";
+    pub const OPERATION: &str = "operation";
+    pub const DECISION: &str = "decision";
+    pub const REASON: &str = "reason";
+    pub const RULE_ID: &str = "rule_id";
+    pub const POLICY_GENERATION: &str = "policy_generation";
+    pub const STATUS: &str = "status";
+    pub const BYTES_IN: &str = "bytes_in";
+    pub const BYTES_OUT: &str = "bytes_out";
+    pub const DURATION_MS: &str = "duration_ms";
+    pub const END: &str = "end";
+
+    /// Every name above, for the test that holds them to the ledger schema.
+    #[cfg(test)]
+    pub const ALL: &[&str] = &[
+        EVENT_ID,
+        TENANT,
+        AGENT,
+        LISTENER,
+        DEST_HOST,
+        DEST_PORT,
+        METHOD,
+        PATH_TEMPLATE,
+        PROVIDER,
+        MODEL,
+        OPERATION,
+        DECISION,
+        REASON,
+        RULE_ID,
+        POLICY_GENERATION,
+        STATUS,
+        BYTES_IN,
+        BYTES_OUT,
+        DURATION_MS,
+        END,
+    ];
+}
+
+/// Everything recorded about one request. Content-free by construction: the
+/// path is reduced to a template when it is set.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub event_id: String,
+    pub listener: String,
+    pub who: Option<Identity>,
+    pub target: Option<Target>,
+    pub method: Option<String>,
+    path_template: Option<String>,
+    pub decision: Decision,
+    pub classification: Option<Classification>,
+    policy_generation: u64,
+    policy_hash: String,
+    committed: bool,
+}
+
+impl RequestRecord {
+    /// A record for a request that has not been decided yet. Until a phase
+    /// decides, the decision is a deny: nothing is forwarded on a default.
+    pub fn new(snap: &PolicySnapshot, listener: &str) -> Self {
+        RequestRecord {
+            event_id: crate::flow::new_event_id(),
+            listener: listener.to_owned(),
+            who: None,
+            target: None,
+            method: None,
+            path_template: None,
+            decision: Decision::deny(Reason::BadRequest),
+            classification: None,
+            policy_generation: snap.generation,
+            policy_hash: snap.policy.hash_hex().to_owned(),
+            committed: false,
+        }
+    }
+
+    /// Records the (canonical) path, as a template: no query, ids replaced.
+    pub fn set_path(&mut self, path: &str) {
+        self.path_template = Some(path_template(path));
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+
+    fn facts(&self) -> DecisionFacts {
+        let c = self.classification.as_ref();
+        DecisionFacts {
+            event_id: self.event_id.clone(),
+            tenant: self.who.as_ref().map(|w| w.tenant.clone()),
+            agent: self.who.as_ref().map(|w| w.agent.clone()),
+            listener: self.listener.clone(),
+            dest_host: self
+                .target
+                .as_ref()
+                .map(|t| t.host.to_string())
+                .unwrap_or_default(),
+            dest_port: self.target.as_ref().map_or(0, |t| t.port),
+            method: self.method.clone(),
+            path_template: self.path_template.clone(),
+            decision: self.decision.action.as_str().to_owned(),
+            reason: self.decision.reason.code().to_owned(),
+            rule_id: self.decision.route_id().map(str::to_owned),
+            policy_generation: self.policy_generation,
+            policy_hash: self.policy_hash.clone(),
+            provider: c.and_then(|c| c.provider.clone()),
+            model: c.and_then(|c| c.model.clone()),
+            operation: c.and_then(|c| c.operation).map(|o| o.as_str().to_owned()),
+            stream: c.filter(|c| c.operation.is_some()).map(|c| c.stream),
+            detectors: self.decision.detectors.clone(),
+            narrowed: self.decision.narrowed.clone(),
+            key_id: None,
+        }
+    }
+
+    fn log(&self, f: &DecisionFacts) {
+        tracing::event!(
+            target: "portcullis::decision",
+            tracing::Level::INFO,
+            { field::EVENT_ID } = f.event_id.as_str(),
+            { field::TENANT } = f.tenant.as_deref().unwrap_or("-"),
+            { field::AGENT } = f.agent.as_deref().unwrap_or("-"),
+            { field::LISTENER } = f.listener.as_str(),
+            { field::DEST_HOST } = f.dest_host.as_str(),
+            { field::DEST_PORT } = f.dest_port,
+            { field::METHOD } = f.method.as_deref().unwrap_or("-"),
+            { field::PATH_TEMPLATE } = f.path_template.as_deref().unwrap_or("-"),
+            { field::PROVIDER } = f.provider.as_deref().unwrap_or("-"),
+            { field::MODEL } = f.model.as_deref().unwrap_or("-"),
+            { field::OPERATION } = f.operation.as_deref().unwrap_or("-"),
+            { field::DECISION } = f.decision.as_str(),
+            { field::REASON } = f.reason.as_str(),
+            { field::RULE_ID } = f.rule_id.as_deref().unwrap_or("-"),
+            { field::POLICY_GENERATION } = f.policy_generation,
+            "decision"
+        );
+    }
+
+    /// Logs the decision line and makes the ledger record durable. On `Err`
+    /// the request must fail closed.
+    pub async fn commit(&mut self, ledger: &Ledger) -> Result<(), LedgerError> {
+        let facts = self.facts();
+        self.log(&facts);
+        match ledger.append_decision(facts).await {
+            Ok(_) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(e) => {
+                let why = match ledger.health() {
+                    Health::Unhealthy(why) => why,
+                    _ => e.to_string(),
+                };
+                tracing::error!(
+                    { field::EVENT_ID } = self.event_id.as_str(),
+                    error = %e,
+                    ready = false,
+                    why = %why,
+                    "ledger unavailable: failing closed"
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Counts outcome records on their way to the ledger, so shutdown can wait
+/// for them before it seals the ledger.
+#[derive(Clone, Default)]
+pub struct Outcomes {
+    inner: Arc<OutcomesInner>,
+}
+
+#[derive(Default)]
+struct OutcomesInner {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl Outcomes {
+    /// Waits until no outcome write is pending, or `limit` passes.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.inner.pending.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    fn start(&self) {
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.inner.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+/// Writes the `outcome` record of a forwarded request when it is finished or
+/// dropped, whichever comes first. Dropped unfinished means the client went
+/// away (or the proxy is shutting down).
+pub struct OutcomeGuard {
+    facts: Option<OutcomeFacts>,
+    ledger: Ledger,
+    outcomes: Outcomes,
+    phase: watch::Receiver<Phase>,
+    started: tokio::time::Instant,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl OutcomeGuard {
+    pub fn new(
+        rec: &RequestRecord,
+        ledger: &Ledger,
+        outcomes: &Outcomes,
+        phase: &watch::Receiver<Phase>,
+    ) -> Self {
+        OutcomeGuard {
+            facts: Some(OutcomeFacts {
+                event_id: rec.event_id.clone(),
+                tenant: rec.who.as_ref().map(|w| w.tenant.clone()),
+                agent: rec.who.as_ref().map(|w| w.agent.clone()),
+                dest_host: rec
+                    .target
+                    .as_ref()
+                    .map(|t| t.host.to_string())
+                    .unwrap_or_default(),
+                policy_generation: rec.policy_generation,
+                policy_hash: rec.policy_hash.clone(),
+                ..OutcomeFacts::default()
+            }),
+            ledger: ledger.clone(),
+            outcomes: outcomes.clone(),
+            phase: phase.clone(),
+            started: tokio::time::Instant::now(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Where the request body's metering puts its byte count.
+    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
+    }
+
+    /// The upstream answered with this status.
+    pub fn status(&mut self, status: u16) {
+        if let Some(f) = self.facts.as_mut() {
+            f.status = Some(status);
+        }
+    }
+
+    /// Writes the outcome now.
+    pub fn finish(mut self, bytes_out: u64, end: End) {
+        self.write(bytes_out, end);
+    }
+
+    fn write(&mut self, bytes_out: u64, end: End) {
+        let Some(mut facts) = self.facts.take() else {
+            return;
+        };
+        let end = match end {
+            End::ClientAbort if *self.phase.borrow() != Phase::Running => End::Shutdown,
+            e => e,
+        };
+        facts.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        facts.bytes_out = bytes_out;
+        facts.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        facts.end = end.as_str().to_owned();
+        tracing::event!(
+            target: "portcullis::outcome",
+            tracing::Level::INFO,
+            { field::EVENT_ID } = facts.event_id.as_str(),
+            { field::DEST_HOST } = facts.dest_host.as_str(),
+            { field::STATUS } = facts.status.unwrap_or(0),
+            { field::BYTES_IN } = facts.bytes_in,
+            { field::BYTES_OUT } = facts.bytes_out,
+            { field::DURATION_MS } = facts.duration_ms,
+            { field::END } = facts.end.as_str(),
+            "outcome"
+        );
+        // Drop runs outside async code, and the client is already answered:
+        // the write goes on in the background, tracked so shutdown waits for it.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("no runtime: outcome record lost");
+            return;
+        };
+        let ledger = self.ledger.clone();
+        let outcomes = self.outcomes.clone();
+        outcomes.start();
+        handle.spawn(async move {
+            if let Err(e) = ledger.append_outcome(facts).await {
+                tracing::error!(error = %e.full_message(), "outcome record could not be written");
+            }
+            outcomes.done();
+        });
+    }
+}
+
+impl Drop for OutcomeGuard {
+    fn drop(&mut self) {
+        self.write(0, End::ClientAbort);
+    }
+}
+
+/// Reduces a request path to a template for the ledger and logs: no query,
+/// and any segment that looks like an identifier or could carry content
+/// becomes `{id}`.
+pub fn path_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut out = String::with_capacity(path.len().min(256));
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if i > 32 {
+            out.push('…');
+            break;
+        }
+        if seg.is_empty() {
+            continue;
+        }
+        if looks_like_name(seg) {
+            out.push_str(seg);
+        } else {
+            out.push_str("{id}");
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// A short word-like segment (`v1`, `chat`, `completions`, `gpt-4o-mini`,
+/// `models:generateContent`) is kept; ids, hashes and encoded text are not.
+fn looks_like_name(seg: &str) -> bool {
+    let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+    seg.len() <= 40
+        && digits <= 4
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_field_names_are_ledger_field_names() {
+        for name in field::ALL {
+            assert!(
+                portcullis_ledger::format::ALLOWED_FIELDS.contains(name),
+                "{name} is not a ledger field"
+            );
+        }
+    }
+
+    #[test]
+    fn path_template_strips_query_and_replaces_ids() {
+        assert_eq!(
+            path_template("/v1/chat/completions?api-key=secret"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            path_template("/v1/files/file-abc123def456ghi789/content"),
+            "/v1/files/{id}/content"
+        );
+        assert_eq!(
+            path_template("/v1/threads/thread_9f8e7d6c5b4a39281706/runs"),
+            "/v1/threads/{id}/runs"
+        );
+        assert_eq!(
+            path_template("/v1beta/models/gemini-1.5-pro:generateContent"),
+            "/v1beta/models/gemini-1.5-pro:generateContent"
+        );
+        assert_eq!(
+            path_template("/search/ignore%20all%20previous%20instructions"),
+            "/search/{id}"
+        );
+        assert_eq!(path_template("/"), "/");
+        assert_eq!(path_template(""), "/");
+    }
+
+    #[tokio::test]
+    async fn outcomes_settle_once_every_write_is_done() {
+        let o = Outcomes::default();
+        assert!(o.settled(Duration::from_millis(10)).await);
+        o.start();
+        assert!(!o.settled(Duration::from_millis(10)).await);
+        let o2 = o.clone();
+        tokio::spawn(async move { o2.done() });
+        assert!(o.settled(Duration::from_secs(5)).await);
+    }
+}

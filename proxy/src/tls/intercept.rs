@@ -1,0 +1,184 @@
+//! Interception: read the ClientHello, hold the SNI to the CONNECT host, mint
+//! (or fetch) the leaf, and serve HTTP/1.1 or HTTP/2 by ALPN. Every request
+//! inside goes to the request driver.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis_rules::Host;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::Tunnel;
+use crate::ctx::{Ctx, Phase};
+use crate::flow::{new_nonce, Entry, Flow, Wire};
+use crate::http::framing::FramingGuard;
+use crate::http::headers::{close_unless_switched, Asked};
+use crate::pipeline;
+
+/// Terminates the client's TLS and serves the requests inside.
+pub async fn intercept(
+    ctx: Arc<Ctx>,
+    tun: Tunnel,
+    upgraded: Upgraded,
+    permit: Arc<OwnedSemaphorePermit>,
+) {
+    let io = TokioIo::new(upgraded);
+    let hs_timeout = ctx.limits.handshake_timeout;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(hs_timeout, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "client did not start TLS in the tunnel");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("client sent no ClientHello in time");
+            return;
+        }
+    };
+    match start.client_hello().server_name() {
+        Some(sni) => match Host::parse(sni) {
+            Ok(h) if h == tun.target.host => {}
+            Ok(h) => {
+                tracing::warn!(sni = %h, connect = %tun.target.host, "SNI does not match the CONNECT host; closing");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unparseable SNI; closing");
+                return;
+            }
+        },
+        None => {
+            tracing::info!(host = %tun.target.host, "client sent no SNI; using the CONNECT host")
+        }
+    }
+    let leaf = match ctx.certs.get(&tun.target.host.to_string()).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot mint a certificate; closing");
+            return;
+        }
+    };
+    let Some(config) = server_config(&ctx, leaf) else {
+        return;
+    };
+    let tls = match tokio::time::timeout(hs_timeout, start.into_stream(config)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "client TLS handshake failed (does it trust the Portcullis CA?)");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("client TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let entry = Entry::Tunnel {
+        target: tun.target,
+        verdict: tun.verdict,
+        who: tun.who,
+    };
+    if h2 {
+        let flow = Arc::new(Flow {
+            listener: tun.listener,
+            entry,
+            wire: Wire::Http2,
+            permit,
+        });
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req: hyper::Request<Incoming>| {
+            let ctx = svc_ctx.clone();
+            let flow = flow.clone();
+            async move { Ok::<_, Infallible>(pipeline::drive(ctx, flow, req).await) }
+        });
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(tls), svc);
+        let res = serve_with_drain!(
+            conn,
+            ctx.reached(Phase::Draining),
+            ctx.reached(Phase::Closing)
+        );
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "h2 tunnel ended with an error");
+        }
+    } else {
+        let nonce = new_nonce();
+        let guard = FramingGuard::new(tls, nonce.clone(), ctx.limits.max_header_bytes);
+        let flow = Arc::new(Flow {
+            listener: tun.listener,
+            entry,
+            wire: Wire::Http1 { nonce },
+            permit,
+        });
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req: hyper::Request<Incoming>| {
+            let ctx = svc_ctx.clone();
+            let flow = flow.clone();
+            async move {
+                let asked = Asked::of(&req);
+                let mut resp = pipeline::drive(ctx, flow, req).await;
+                close_unless_switched(asked, &mut resp);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(ctx.limits.client_header_timeout)
+            .serve_connection(TokioIo::new(guard), svc)
+            .with_upgrades();
+        let res = serve_with_drain!(
+            conn,
+            ctx.reached(Phase::Draining),
+            ctx.reached(Phase::Closing)
+        );
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "h1 tunnel ended with an error");
+        }
+    }
+}
+
+fn server_config(ctx: &Ctx, leaf: Arc<CertifiedKey>) -> Option<Arc<ServerConfig>> {
+    let builder = match ServerConfig::builder_with_provider(ctx.tls.provider.clone())
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "TLS server configuration failed");
+            return None;
+        }
+    };
+    let mut cfg = builder
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedCert(leaf)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = ctx.tls.session_storage.clone();
+    cfg.ticketer = ctx.tls.ticketer.clone();
+    Some(Arc::new(cfg))
+}
+
+/// Serves the one leaf minted for this tunnel's host.
+struct FixedCert(Arc<CertifiedKey>);
+
+impl fmt::Debug for FixedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FixedCert")
+    }
+}
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
