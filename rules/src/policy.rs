@@ -463,7 +463,13 @@ impl Policy {
     /// constant time. An unknown agent id still hashes and compares (against a dummy), so
     /// timing does not reveal which ids exist. `None` on any mismatch.
     pub fn authenticate(&self, agent_id: &str, token: &[u8]) -> Option<&Agent> {
-        let digest = Sha256::digest(token);
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        self.authenticate_digest(agent_id, &digest)
+    }
+
+    /// [`Policy::authenticate`] for a token already hashed: a tunnel keeps the digest it
+    /// authenticated with and re-checks it against each new policy generation.
+    pub fn authenticate_digest(&self, agent_id: &str, digest: &[u8; 32]) -> Option<&Agent> {
         let agent = self.agent(agent_id);
         let expected = agent.map_or(&UNKNOWN_AGENT_DIGEST, |a| &a.token_sha256);
         let ok =
