@@ -126,8 +126,7 @@ async fn handle_hold(
             body: Bytes::new(),
         });
         // Delay the response headers until the test releases them.
-        if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(60), release.acquire()).await
-        {
+        if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(60), release.acquire()).await {
             p.forget();
         }
         return Ok(Response::builder()
