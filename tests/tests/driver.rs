@@ -93,9 +93,8 @@ async fn connect_with_missing_or_wrong_token_gets_407_then_the_connection_closes
         );
         assert_eq!(resp.error_code(), "auth_failed", "{label}");
         let after = read_after(&mut s, T).await;
-        assert_eq!(
-            after,
-            AfterResponse::Closed,
+        assert!(
+            after == AfterResponse::Closed,
             "{label}: expected EOF after the 407, got {}",
             show(&after)
         );
@@ -304,9 +303,8 @@ async fn passthrough_tunnel_is_closed_when_a_reload_removes_its_route() {
     rewrite_and_reload(&proxy, |c| c.replace(PT_ROUTE, NOT_PT_ROUTE)).await;
 
     let after = read_after(&mut tls, T).await;
-    assert_eq!(
-        after,
-        AfterResponse::Closed,
+    assert!(
+        after == AfterResponse::Closed,
         "the passthrough tunnel outlived the removal of its route: {}",
         show(&after)
     );
