@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use portcullis::RunningProxy;
+pub mod extra;
 
 /// Default agent credentials used by [`proxy_config`].
 pub const AGENT: &str = "research-bot";
