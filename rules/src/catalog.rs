@@ -11,13 +11,13 @@
 //! catalog is an `api`, a `package_registry` or `unknown` destination.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::body::BodyView;
 use crate::host::Host;
 
 /// What a request to a model provider does. The codes are stable: they are the values of
@@ -623,142 +623,6 @@ pub(crate) struct Classified {
     pub(crate) api: Option<ApiStyle>,
 }
 
-/// The request body as the proxy read it, with its JSON parsed at most once.
-pub(crate) struct BodyView<'a> {
-    raw: Option<&'a [u8]>,
-    truncated: bool,
-    json: OnceCell<Option<Value>>,
-}
-
-impl<'a> BodyView<'a> {
-    pub(crate) fn new(raw: Option<&'a [u8]>, truncated: bool) -> BodyView<'a> {
-        BodyView {
-            raw,
-            truncated,
-            json: OnceCell::new(),
-        }
-    }
-
-    pub(crate) fn raw(&self) -> Option<&'a [u8]> {
-        self.raw
-    }
-
-    /// The parsed JSON body; `None` if it was not read, was truncated, or is not JSON.
-    pub(crate) fn json(&self) -> Option<&Value> {
-        self.json
-            .get_or_init(|| {
-                let raw = self.complete()?;
-                let first = raw.iter().find(|b| !b.is_ascii_whitespace())?;
-                if *first != b'{' && *first != b'[' {
-                    return None;
-                }
-                serde_json::from_slice(raw).ok()
-            })
-            .as_ref()
-    }
-
-    fn complete(&self) -> Option<&'a [u8]> {
-        self.raw.filter(|_| !self.truncated)
-    }
-
-    /// Top-level members `wanted` of a JSON object body, last occurrence winning, read
-    /// without building the rest of the document (classification runs on every request;
-    /// the full tree is only built when a detector or narrowing needs it). `None` when
-    /// the body is not a complete JSON object.
-    pub(crate) fn top_level(&self, wanted: &[&str]) -> Option<Vec<(usize, Value)>> {
-        if let Some(json) = self.json.get() {
-            let map = json.as_ref()?.as_object()?;
-            return Some(
-                wanted
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, key)| map.get(*key).map(|v| (i, v.clone())))
-                    .collect(),
-            );
-        }
-        let raw = self.complete()?;
-        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return None;
-        }
-        let mut de = serde_json::Deserializer::from_slice(raw);
-        let found = serde::de::DeserializeSeed::deserialize(TopLevel { wanted }, &mut de).ok()?;
-        de.end().ok()?;
-        Some(found)
-    }
-}
-
-/// Reads the wanted top-level members of an object; everything else is skipped
-/// without allocating.
-struct TopLevel<'w> {
-    wanted: &'w [&'w str],
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for TopLevel<'_> {
-    type Value = Vec<(usize, Value)>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
-    type Value = Vec<(usize, Value)>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: Vec<(usize, Value)> = Vec::new();
-        while let Some(index) = map.next_key_seed(KeyIndex {
-            wanted: self.wanted,
-        })? {
-            match index {
-                Some(i) => {
-                    let value: Value = map.next_value()?;
-                    found.retain(|(j, _)| *j != i);
-                    found.push((i, value));
-                }
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(found)
-    }
-}
-
-/// A key, as its index in the wanted list (or `None`), read without allocating.
-struct KeyIndex<'w> {
-    wanted: &'w [&'w str],
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.wanted.iter().position(|w| *w == key))
-    }
-}
-
 /// The catalog in effect: config entries first, then the built-ins they do not replace.
 #[derive(Debug)]
 pub(crate) struct Catalog {
@@ -859,22 +723,9 @@ impl Catalog {
         };
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
-        // The body fields this provider reads: its model fields, then `stream`.
-        let mut wanted: Vec<&str> = provider
-            .model_from
-            .iter()
-            .filter_map(|source| match source {
-                ModelSource::Body(field) => Some(field.as_str()),
-                _ => None,
-            })
-            .collect();
-        wanted.push("stream");
-        let top = body.top_level(&wanted).unwrap_or_default();
-        let top_field = |name: &str| {
-            top.iter()
-                .find(|(i, _)| wanted.get(*i) == Some(&name))
-                .map(|(_, v)| v)
-        };
+        // Body fields come from the one strict parse (keys are unique there), and only
+        // for a provider host: other requests never pay for it here.
+        let top_field = |name: &str| body.member(name);
 
         let mut model = None;
         let mut model_origin = None;

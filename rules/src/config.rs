@@ -22,11 +22,11 @@ use crate::catalog::{
     builtin_provider_ids, ApiStyle, Catalog, KeyInjection, ModelSource, Operation, Provider,
     ProviderHost,
 };
-use crate::decision::Action;
 use crate::detect::{DetectorMode, Detectors};
 use crate::host::{parse_port, Host, HostPattern};
 use crate::narrow::NarrowSpec;
 use crate::policy::{Agent, Mode, ModelPattern, PathPattern, Policy, Route};
+use crate::reason::Action;
 
 /// The embedded default config: a loopback listener without auth, and one route that
 /// allows the well-known model provider APIs. Used when no `--config` is given.

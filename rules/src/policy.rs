@@ -12,11 +12,13 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::body::BodyView;
 use crate::catalog::{Catalog, Classification, Operation, Provider};
-use crate::decision::{Action, Decision, Reason};
+use crate::decision::Decision;
 use crate::detect::Detectors;
 use crate::host::{wildcard_key, Host, HostPattern};
 use crate::narrow::NarrowSpec;
+use crate::reason::{Action, Reason};
 
 /// How an allowed CONNECT tunnel is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,9 +128,11 @@ impl Route {
     }
 
     /// Whether deciding on this route needs the whole request body: it runs detectors,
-    /// checks models, or narrows. A body that was not read, or was cut at
-    /// `max_inspect_body`, is then refused with `body_too_large` rather than passed
-    /// uninspected.
+    /// checks models, or narrows. This is what "an inspected route" means. Such a route
+    /// refuses a body it cannot inspect rather than pass it uninspected: one not read or
+    /// cut at `max_inspect_body` (`body_too_large`), one with a `Content-Encoding`
+    /// (`body_encoded`), and one that looks like JSON but does not parse strictly
+    /// (`body_unparseable`).
     pub fn requires_inspection(&self) -> bool {
         self.detectors.any() || !self.models.is_empty() || self.action == Action::Narrow
     }
@@ -525,40 +529,15 @@ impl Policy {
         }))
     }
 
-    /// Per-request decision without the body (SPEC §4.1): [`Policy::evaluate`] with a
-    /// body that was not read and an empty vault.
-    ///
-    /// Routes in file order; the first full match wins. An allow route must match the
-    /// agent or tenant, host, port, method and path, grant plain HTTP
-    /// (`allow_plaintext`) and WebSocket (`websocket`) when the request uses them, and
-    /// cover the request's provider and operation. A deny route matches on agent, host,
-    /// port, method, path, provider and operation (and model). No match is a deny,
-    /// whose reason is the most specific near miss among the routes that apply to the
-    /// agent and host: model > operation > provider > method > path >
-    /// plaintext/websocket > port > no route.
-    ///
-    /// A route that needs the body (detectors, `models`, narrow) is refused here with
-    /// `body_too_large`: without the body it cannot be checked. Use
-    /// [`Policy::evaluate`] for those.
-    pub fn decide(&self, agent: &Agent, req: &RequestFacts<'_>) -> Decision {
-        self.evaluate_with(
-            agent,
-            req,
-            &crate::evaluate::Inspection::NOT_READ,
-            None,
-            &mut NoTrace,
-        )
-        .decision
-    }
-
     /// Walk the candidate routes for a classified request: first match wins.
-    /// `inspectable` says the whole body was read.
+    /// A route that inspects the body refuses a body it cannot inspect
+    /// ([`BodyView::refusal`]).
     pub(crate) fn walk(
         &self,
         agent: &Agent,
         req: &RequestFacts<'_>,
         class: &Classification,
-        inspectable: bool,
+        body: &BodyView<'_>,
         trace: &mut impl Trace,
     ) -> Walk {
         let mut near_miss = Reason::NoRoute;
@@ -573,13 +552,13 @@ impl Policy {
                 trace.step(route, Step::Skip(reason));
                 continue;
             }
-            if route.requires_inspection() && !inspectable {
-                trace.step(route, Step::Uninspectable);
-                return Walk::Decided(Decision::new(
-                    Action::Deny,
-                    Reason::BodyTooLarge,
-                    Some(Arc::clone(route)),
-                ));
+            if let Some(reason) = route
+                .requires_inspection()
+                .then(|| body.refusal())
+                .flatten()
+            {
+                trace.step(route, Step::Uninspectable(reason));
+                return Walk::Decided(Decision::new(Action::Deny, reason, Some(Arc::clone(route))));
             }
             let model_ok = route.matches_model(class.model.as_deref());
             if route.action == Action::Deny {
@@ -649,8 +628,9 @@ pub(crate) enum Step {
     Match,
     /// A narrow route matched, and will replace the model with its fallback.
     MatchWithFallback,
-    /// The route matched all it can without the body, and needs the body.
-    Uninspectable,
+    /// The route matched all it can without the body, needs the body, and refuses it
+    /// for this reason (`body_too_large`, `body_encoded`, `body_unparseable`).
+    Uninspectable(Reason),
 }
 
 /// Records the walk. The hot path uses [`NoTrace`], which compiles to nothing.
