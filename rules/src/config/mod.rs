@@ -1,8 +1,10 @@
 //! The config file: raw serde structs (every value `Spanned`), and their conversion into
 //! the validated public types.
 //!
-//! Parsing happens in two passes. Serde reads the text into the private `Raw*` structs,
-//! which only know TOML types; a syntax, type or unknown-field error stops there and is
+//! Parsing happens in three passes. The text is parsed into a spanned TOML document,
+//! which is walked against the known keys (`schema.rs`): every unknown key is reported
+//! with its position and removed. Serde then reads what is left into the private `Raw*`
+//! structs, which only know TOML types; a syntax or type error stops there and is
 //! reported with its position. The validation pass then converts every raw value into
 //! its public type, recording each problem with the position of the offending value,
 //! and keeps going, so that one run of `portcullis check` lists every error in the file.
@@ -18,6 +20,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod schema;
+
 use crate::catalog::{
     builtin_provider_ids, ApiStyle, Catalog, KeyInjection, ModelSource, Operation, Provider,
     ProviderHost,
@@ -30,7 +34,7 @@ use crate::reason::Action;
 
 /// The embedded default config: a loopback listener without auth, and one route that
 /// allows the well-known model provider APIs. Used when no `--config` is given.
-pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../default.toml");
 
 /// The whole config file, validated.
 #[derive(Clone, Debug)]
@@ -322,13 +326,23 @@ pub fn parse_config(name: &str, text: &str) -> Result<Config, ConfigErrors> {
         file: name,
         text,
         errors: Vec::new(),
+        pruned: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
+    let mut doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            cx.toml_error(&e);
+            return Err(cx.finish());
+        }
+    };
+    // Unknown keys are reported (all of them) and removed first, so that serde's
+    // `deny_unknown_fields` does not stop at the first and hide everything else.
+    let span = doc.span();
+    cx.prune_unknown_keys(doc.get_mut(), span, &schema::ROOT);
+    let raw = match RawConfig::deserialize(toml::de::Deserializer::from(doc)) {
         Ok(raw) => raw,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            // Serde messages may span lines; keep one line per error.
-            cx.at(&span, e.message().trim().replace('\n', "; "));
+            cx.toml_error(&e);
             return Err(cx.finish());
         }
     };
@@ -530,6 +544,8 @@ struct Errors<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Where the tables that had unknown keys removed start.
+    pruned: Vec<usize>,
 }
 
 /// Where the first declaration of an id was, for "duplicate" messages.
@@ -544,6 +560,22 @@ impl Errors<'_> {
             col,
             message: message.into(),
         });
+    }
+
+    /// An error about a table as a whole (a required key is missing, it sets nothing).
+    /// Dropped for a table that had unknown keys: the key is most likely misspelled, and
+    /// the unknown-key error already says so.
+    fn at_table(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        if !self.pruned.contains(&span.start) {
+            self.at(span, message);
+        }
+    }
+
+    /// A syntax or type error from the TOML reader.
+    fn toml_error(&mut self, e: &toml::de::Error) {
+        let span = e.span().unwrap_or(0..0);
+        // Serde messages may span lines; keep one line per error.
+        self.at(&span, e.message().trim().replace('\n', "; "));
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
@@ -571,7 +603,7 @@ impl Errors<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         match &raw.version {
-            None => self.at(
+            None => self.at_table(
                 &(0..0),
                 "missing `version = 1`; add it as the first line of the file",
             ),
@@ -646,7 +678,7 @@ impl Errors<'_> {
         for tenant in raw {
             let span = tenant.span();
             match &tenant.get_ref().id {
-                None => self.at(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
+                None => self.at_table(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
                 Some(id) => {
                     if let Some(id) = self.new_id("tenant", id, &mut seen) {
                         ids.push(id);
@@ -666,7 +698,7 @@ impl Errors<'_> {
             let agent = agent.into_inner();
             let id = match &agent.id {
                 None => {
-                    self.at(&span, "agent needs an `id`, as in `id = \"research-bot\"`");
+                    self.at_table(&span, "agent needs an `id`, as in `id = \"research-bot\"`");
                     None
                 }
                 Some(id) => self.new_id("agent", id, &mut seen),
@@ -676,7 +708,7 @@ impl Errors<'_> {
             }
             let tenant = match &agent.tenant {
                 None => {
-                    self.at(&span, "agent needs a `tenant`, as in `tenant = \"acme\"`; every agent belongs to exactly one tenant");
+                    self.at_table(&span, "agent needs a `tenant`, as in `tenant = \"acme\"`; every agent belongs to exactly one tenant");
                     None
                 }
                 Some(tenant) if !tenants.contains(tenant.get_ref()) => {
@@ -694,7 +726,7 @@ impl Errors<'_> {
             };
             let token = match &agent.token_sha256 {
                 None => {
-                    self.at(&span, "agent needs a `token_sha256` (64 hex characters; `portcullis agent hash-token` prints it)");
+                    self.at_table(&span, "agent needs a `token_sha256` (64 hex characters; `portcullis agent hash-token` prints it)");
                     None
                 }
                 Some(token) => self.check(&token.span(), parse_token_hash(token.get_ref())),
@@ -719,7 +751,7 @@ impl Errors<'_> {
 
         let id = match &raw.id {
             None => {
-                self.at(&span, "route needs an `id`, as in `id = \"acme-openai\"`; it names the route in the ledger");
+                self.at_table(&span, "route needs an `id`, as in `id = \"acme-openai\"`; it names the route in the ledger");
                 String::new()
             }
             Some(id) => self.new_id("route", id, seen).unwrap_or_default(),
@@ -833,7 +865,7 @@ impl Errors<'_> {
     ) -> Vec<HostPattern> {
         let example = "as in `hosts = [\"api.openai.com\"]`";
         let Some(list) = raw else {
-            self.at(
+            self.at_table(
                 route_span,
                 format!("route has no `hosts`; add the hosts it covers, {example}"),
             );
@@ -855,7 +887,7 @@ impl Errors<'_> {
     fn route_action(&mut self, route_span: &Range<usize>, raw: Option<&S<String>>) -> Action {
         let choices = "\"allow\", \"deny\", \"narrow\" or \"warn\"";
         let Some(action) = raw else {
-            self.at(route_span, format!("route needs an `action`: {choices}"));
+            self.at_table(route_span, format!("route needs an `action`: {choices}"));
             return Action::Deny;
         };
         match action.get_ref().as_str() {
@@ -940,7 +972,7 @@ impl Errors<'_> {
             && table.tools_allow.is_none()
             && table.force_include_usage.is_none()
         {
-            self.at(
+            self.at_table(
                 &span,
                 "`narrow` sets nothing; give at least one of max_tokens, fallback_model, tools_allow or force_include_usage",
             );
@@ -1001,7 +1033,7 @@ impl Errors<'_> {
             let entry = entry.into_inner();
             let id = match &entry.id {
                 None => {
-                    self.at(&span, "provider needs an `id`, as in `id = \"local-vllm\"`; routes name it in `providers`");
+                    self.at_table(&span, "provider needs an `id`, as in `id = \"local-vllm\"`; routes name it in `providers`");
                     None
                 }
                 Some(id) => {
@@ -1013,7 +1045,7 @@ impl Errors<'_> {
             };
             let hosts = match &entry.hosts {
                 None => {
-                    self.at(&span, "provider has no `hosts`; list the hosts it answers on, as in `hosts = [\"llm.example.com\"]`");
+                    self.at_table(&span, "provider has no `hosts`; list the hosts it answers on, as in `hosts = [\"llm.example.com\"]`");
                     None
                 }
                 Some(list) => {
