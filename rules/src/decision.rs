@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::policy::Route;
 use crate::reason::{Action, Reason};
+use crate::route::Route;
 
 /// The outcome of a policy check.
 #[derive(Clone, Debug)]

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use crate::agent::Agent;
 use crate::body::{unescape_lenient, BodyView, Parsed};
 use crate::catalog::{percent_decode, ApiStyle, Classification, ModelOrigin, ModelSource};
 use crate::decision::Decision;
@@ -28,8 +29,9 @@ use crate::detect::vault::VaultScanner;
 use crate::detect::{DetectorHit, DetectorMode};
 use crate::host::Host;
 use crate::narrow::{narrow, NarrowError, NarrowRequest, Narrowed};
-use crate::policy::{Agent, NoTrace, Policy, RequestFacts, Route, Trace, Walk};
+use crate::policy::{NoTrace, Policy, Trace, Walk};
 use crate::reason::{Action, Reason};
+use crate::route::{RequestFacts, Route};
 
 /// What the proxy read of a request, besides [`RequestFacts`].
 #[derive(Clone, Copy, Debug)]

@@ -12,8 +12,9 @@ use crate::catalog::Classification;
 use crate::decision::Decision;
 use crate::evaluate::Inspection;
 use crate::host::{split_host_port, Host};
-use crate::policy::{Mode, Policy, RequestFacts, Route, Step, Trace};
+use crate::policy::{Policy, Step, Trace};
 use crate::reason::{Action, Reason};
+use crate::route::{Mode, RequestFacts, Route};
 
 /// What happened at one route during the walk.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -91,6 +91,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod body;
 mod catalog;
 mod config;
@@ -102,8 +103,10 @@ mod host;
 mod narrow;
 mod policy;
 mod reason;
+mod route;
 mod ssrf;
 
+pub use agent::Agent;
 pub use catalog::{
     builtin_provider_ids, ApiStyle, Classification, DestinationKind, KeyInjection, ModelSource,
     Operation, Provider, ProviderHost,
@@ -123,6 +126,7 @@ pub use evaluate::{Evaluation, Inspection};
 pub use explain::{explain, Explanation, RouteStep};
 pub use host::{split_host_port, Host, HostError, HostPattern};
 pub use narrow::{NarrowSpec, Narrowed};
-pub use policy::{Agent, Mode, ModelPattern, PathPattern, Policy, RequestFacts, Route};
+pub use policy::Policy;
 pub use reason::{Action, Reason};
+pub use route::{Mode, ModelPattern, PathPattern, RequestFacts, Route};
 pub use ssrf::{classify_ip, SsrfClass};

@@ -22,6 +22,7 @@ use toml::Spanned;
 
 mod schema;
 
+use crate::agent::Agent;
 use crate::catalog::{
     builtin_provider_ids, ApiStyle, Catalog, KeyInjection, ModelSource, Operation, Provider,
     ProviderHost,
@@ -29,8 +30,9 @@ use crate::catalog::{
 use crate::detect::{DetectorMode, Detectors};
 use crate::host::{parse_port, Host, HostPattern};
 use crate::narrow::NarrowSpec;
-use crate::policy::{Agent, Mode, ModelPattern, PathPattern, Policy, Route};
+use crate::policy::Policy;
 use crate::reason::Action;
+use crate::route::{Mode, ModelPattern, PathPattern, Route};
 
 /// The embedded default config: a loopback listener without auth, and one route that
 /// allows the well-known model provider APIs. Used when no `--config` is given.
