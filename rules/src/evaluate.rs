@@ -9,9 +9,11 @@
 //! Order matters:
 //! - the vault scan comes first and ignores routes: a vault key on its way to another
 //!   provider's host is always refused (`vault_key_leak`);
-//! - a route that needs the body and did not get all of it refuses the request
-//!   (`body_too_large`) as soon as it is reached, so a deny route with `models` is never
-//!   skipped for lack of a body;
+//! - the body is parsed once, strictly ([`crate::body`]), and every step below reads
+//!   that parse;
+//! - a route that needs the body and cannot inspect it refuses the request as soon as
+//!   it is reached (`body_encoded`, `body_too_large`, `body_unparseable`), so a deny
+//!   route with `models` is never skipped for lack of a readable body;
 //! - detectors run only on the route that matched, as it configures them; a blocking
 //!   hit denies, a warning hit turns an allow into a warn;
 //! - narrowing runs last, on what would otherwise be forwarded.
@@ -38,7 +40,10 @@ use crate::route::{RequestFacts, Route};
 pub struct Inspection<'a> {
     /// The raw query string (after `?`), if any.
     pub query: Option<&'a str>,
-    /// Request headers as `(name, value)`, scanned for vault values.
+    /// Request headers as `(name, value)`, scanned for vault values. `Content-Encoding`
+    /// (any coding but `identity` makes an inspected route refuse the body,
+    /// `body_encoded`) and `Content-Type` (a JSON type makes the body parse strictly
+    /// whatever its first byte) are read from here, names compared case-insensitively.
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The body as read, up to `max_inspect_body`. `None` means it was not read: a
     /// route that needs the body then refuses the request. Pass `Some(&[])` for a
