@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::ctx::{Ctx, Limits, Phase, TlsServer};
+use crate::ctx::{Ctx, Limits, TlsServer};
+use crate::flow::Phase;
 use crate::listen::{accept_loop, ListenerInfo};
 use crate::policy::{reload, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;

@@ -10,6 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 use tokio::sync::watch;
 
+use crate::flow::Phase;
 use crate::policy::PolicyHolder;
 use crate::record::Outcomes;
 use crate::upstream::Upstream;
@@ -31,16 +32,6 @@ pub struct TlsServer {
     pub provider: Arc<CryptoProvider>,
     pub session_storage: Arc<dyn StoresServerSessions + Send + Sync>,
     pub ticketer: Arc<dyn ProducesTickets>,
-}
-
-/// Where the process is in its life. Connections watch it: on `Draining`
-/// they finish what is in flight; on `Closing` they drop it, which writes the
-/// outcome of anything still running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    Draining,
-    Closing,
 }
 
 pub struct Ctx {

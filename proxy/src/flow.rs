@@ -105,6 +105,16 @@ pub struct Flow {
     pub permit: Arc<OwnedSemaphorePermit>,
 }
 
+/// Where the process is in its life. Connections watch it: on `Draining`
+/// they finish what is in flight; on `Closing` they drop it, which writes the
+/// outcome of anything still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    Draining,
+    Closing,
+}
+
 pub fn new_event_id() -> String {
     portcullis_ledger::new_event_id()
 }

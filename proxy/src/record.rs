@@ -19,7 +19,7 @@ use portcullis_ledger::{DecisionFacts, Health, Ledger, LedgerError, OutcomeFacts
 use portcullis_rules::{Classification, Decision, Reason};
 use tokio::sync::{watch, Notify};
 
-use crate::ctx::Phase;
+use crate::flow::Phase;
 use crate::flow::Target;
 use crate::http::body::End;
 use crate::identity::Identity;

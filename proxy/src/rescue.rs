@@ -183,7 +183,12 @@ pub fn status_for(reason: Reason) -> StatusCode {
         Reason::AuthFailed => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         Reason::HostMismatch => StatusCode::MISDIRECTED_REQUEST,
         Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Reason::BadFraming | Reason::BadRequest => StatusCode::BAD_REQUEST,
+        Reason::BadFraming | Reason::BadRequest | Reason::BodyUnparseable => {
+            StatusCode::BAD_REQUEST
+        }
+        Reason::BodyEncoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Reason::BudgetExceeded | Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Reason::ApprovalDenied | Reason::ApprovalTimeout => StatusCode::FORBIDDEN,
         Reason::UpstreamConnect
         | Reason::UpstreamTls
         | Reason::UpstreamError
@@ -215,6 +220,12 @@ mod tests {
         (Reason::BadRequest, 400),
         (Reason::AuthFailed, 407),
         (Reason::BodyTooLarge, 413),
+        (Reason::BodyUnparseable, 400),
+        (Reason::BodyEncoded, 415),
+        (Reason::BudgetExceeded, 429),
+        (Reason::RateLimited, 429),
+        (Reason::ApprovalDenied, 403),
+        (Reason::ApprovalTimeout, 403),
         (Reason::UpstreamConnect, 502),
         (Reason::UpstreamTls, 502),
         (Reason::UpstreamTimeout, 504),
@@ -270,10 +281,9 @@ mod tests {
 
     #[test]
     fn retry_after_carries_the_refusals_own_delay() {
-        let r = Refusal::deny(Reason::NoRoute)
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .retry_after(Duration::from_secs(42));
+        let r = Refusal::deny(Reason::BudgetExceeded).retry_after(Duration::from_secs(42));
         let resp = respond(&r, Action::Deny, "e");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[RETRY_AFTER], "42");
         let fail_closed = respond(&ledger_unavailable(), Action::Deny, "e");
         assert_eq!(fail_closed.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -9,34 +9,41 @@
 //! Order matters:
 //! - the vault scan comes first and ignores routes: a vault key on its way to another
 //!   provider's host is always refused (`vault_key_leak`);
-//! - a route that needs the body and did not get all of it refuses the request
-//!   (`body_too_large`) as soon as it is reached, so a deny route with `models` is never
-//!   skipped for lack of a body;
+//! - the body is parsed once, strictly ([`crate::body`]), and every step below reads
+//!   that parse;
+//! - a route that needs the body and cannot inspect it refuses the request as soon as
+//!   it is reached (`body_encoded`, `body_too_large`, `body_unparseable`), so a deny
+//!   route with `models` is never skipped for lack of a readable body;
 //! - detectors run only on the route that matched, as it configures them; a blocking
 //!   hit denies, a warning hit turns an allow into a warn;
 //! - narrowing runs last, on what would otherwise be forwarded.
 
 use std::sync::Arc;
 
-use crate::catalog::{
-    percent_decode, ApiStyle, BodyView, Classification, ModelOrigin, ModelSource,
-};
-use crate::decision::{Action, Decision, Reason};
+use crate::agent::Agent;
+use crate::body::{unescape_lenient, BodyView, Parsed};
+use crate::catalog::{percent_decode, ApiStyle, Classification, ModelOrigin, ModelSource};
+use crate::decision::Decision;
 use crate::detect::injection::detect_injection_parts;
 use crate::detect::secrets::detect_secrets;
 use crate::detect::text;
 use crate::detect::vault::VaultScanner;
 use crate::detect::{DetectorHit, DetectorMode};
 use crate::host::Host;
-use crate::narrow::{narrow, NarrowRequest, Narrowed};
-use crate::policy::{Agent, NoTrace, Policy, RequestFacts, Route, Trace, Walk};
+use crate::narrow::{narrow, NarrowError, NarrowRequest, Narrowed};
+use crate::policy::{NoTrace, Policy, Trace, Walk};
+use crate::reason::{Action, Reason};
+use crate::route::{RequestFacts, Route};
 
 /// What the proxy read of a request, besides [`RequestFacts`].
 #[derive(Clone, Copy, Debug)]
 pub struct Inspection<'a> {
     /// The raw query string (after `?`), if any.
     pub query: Option<&'a str>,
-    /// Request headers as `(name, value)`, scanned for vault values.
+    /// Request headers as `(name, value)`, scanned for vault values. `Content-Encoding`
+    /// (any coding but `identity` makes an inspected route refuse the body,
+    /// `body_encoded`) and `Content-Type` (a JSON type makes the body parse strictly
+    /// whatever its first byte) are read from here, names compared case-insensitively.
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The body as read, up to `max_inspect_body`. `None` means it was not read: a
     /// route that needs the body then refuses the request. Pass `Some(&[])` for a
@@ -81,10 +88,30 @@ impl Policy {
         query: Option<&str>,
         body: Option<&[u8]>,
     ) -> Classification {
-        let view = BodyView::new(body, false);
+        let view = BodyView::new(body, false, &[]);
         self.catalog
             .classify(host, method, path, query, &view)
             .classification
+    }
+
+    /// Per-request decision without the body (SPEC §4.1): [`Policy::evaluate`] with a
+    /// body that was not read and an empty vault.
+    ///
+    /// Routes in file order; the first full match wins. An allow route must match the
+    /// agent or tenant, host, port, method and path, grant plain HTTP
+    /// (`allow_plaintext`) and WebSocket (`websocket`) when the request uses them, and
+    /// cover the request's provider and operation. A deny route matches on agent, host,
+    /// port, method, path, provider and operation (and model). No match is a deny,
+    /// whose reason is the most specific near miss among the routes that apply to the
+    /// agent and host: model > operation > provider > method > path >
+    /// plaintext/websocket > port > no route.
+    ///
+    /// A route that needs the body (detectors, `models`, narrow) is refused here with
+    /// `body_too_large`: without the body it cannot be checked. Use
+    /// [`Policy::evaluate`] for those.
+    pub fn decide(&self, agent: &Agent, req: &RequestFacts<'_>) -> Decision {
+        self.evaluate_with(agent, req, &Inspection::NOT_READ, None, &mut NoTrace)
+            .decision
     }
 
     /// Evaluate one request: classification, vault scan, route, detectors, narrowing.
@@ -107,7 +134,7 @@ impl Policy {
         vault: Option<&VaultScanner>,
         trace: &mut impl Trace,
     ) -> Evaluation {
-        let body = BodyView::new(inspect.body, inspect.body_truncated);
+        let body = BodyView::new(inspect.body, inspect.body_truncated, inspect.headers);
         let classified =
             self.catalog
                 .classify(req.host, req.method, req.path, inspect.query, &body);
@@ -131,8 +158,7 @@ impl Policy {
         }
 
         // 2. The route.
-        let inspectable = inspect.body.is_some() && !inspect.body_truncated;
-        let (route, replace_model) = match self.walk(agent, req, &class, inspectable, trace) {
+        let (route, replace_model) = match self.walk(agent, req, &class, &body, trace) {
             Walk::Decided(decision) => return finish(decision, class, hits, None),
             Walk::Missed(reason) => return finish(Decision::deny(reason), class, hits, None),
             Walk::Matched {
@@ -275,7 +301,7 @@ fn narrow_request(
         return finish(decision, class, hits, None);
     };
     let request = NarrowRequest {
-        body: facts.body.raw(),
+        body: facts.body.parsed(),
         provider: class.provider.as_deref(),
         api: facts.api,
         operation: class.operation,
@@ -284,7 +310,15 @@ fn narrow_request(
         replace_model_in: model_field.as_deref(),
     };
     match narrow(spec, &request) {
-        Err(_) => refuse(class, hits),
+        Err(NarrowError::ModelNotRewritable) => refuse(class, hits),
+        Err(NarrowError::Unparseable) => {
+            let decision = Decision::new(
+                Action::Deny,
+                Reason::BodyUnparseable,
+                Some(Arc::clone(route)),
+            );
+            finish(decision, class, hits, None)
+        }
         Ok(narrowed) => {
             let mut decision =
                 Decision::new(Action::Narrow, Reason::RouteNarrow, Some(Arc::clone(route)));
@@ -360,14 +394,19 @@ fn for_each_haystack(
     }
     if let Some(raw) = body.raw() {
         scan(raw);
-        // JSON escapes (`\u0073k-…`) could hide a value from the raw scan.
+        // JSON escapes (`\u0073k-…`) could hide a value from the raw scan: scan the
+        // strings of the strict parse, or, for a body that failed it (refused on an
+        // inspected route, but vault keys are looked for on every route), the body
+        // with its escapes decoded leniently.
         if raw.contains(&b'\\') {
-            let strings = decoded.get_or_insert_with(|| {
-                let mut out = Vec::new();
-                if let Some(json) = body.json() {
-                    text::all_strings(json, &mut out);
+            let strings = decoded.get_or_insert_with(|| match body.parsed() {
+                Parsed::Json(doc) => {
+                    let mut out = Vec::new();
+                    text::all_strings(&doc.value, &mut out);
+                    out
                 }
-                out
+                Parsed::Unparseable | Parsed::Opaque => unescape_lenient(raw),
+                Parsed::Incomplete | Parsed::Encoded => Vec::new(),
             });
             if !strings.is_empty() {
                 scan(strings);
@@ -376,22 +415,44 @@ fn for_each_haystack(
     }
 }
 
-/// Injection patterns in the prompt text of the body.
+/// Injection patterns in the prompt text of the body: the strings of the strict parse,
+/// or the text of a body that is not JSON. A body that looks like JSON but did not parse
+/// never gets here (the route refused it, `body_unparseable`), and is never read as raw
+/// bytes, where `\u`-escaped text would be invisible.
 fn scan_injection(body: &BodyView<'_>, provider_schema: bool) -> Vec<&'static str> {
-    match body.json() {
-        Some(json) => {
+    match body.parsed() {
+        Parsed::Json(doc) => {
             let mut parts = Vec::new();
-            text::extract(json, provider_schema, &mut parts);
+            text::extract(&doc.value, provider_schema, &mut parts);
             if parts.is_empty() {
                 return Vec::new();
             }
             detect_injection_parts(&parts)
         }
-        None => match body.raw() {
+        Parsed::Opaque => match body.raw() {
             Some(raw) if !raw.is_empty() => {
-                detect_injection_parts(&[&String::from_utf8_lossy(raw)])
+                let text = String::from_utf8_lossy(raw);
+                let mut found = detect_injection_parts(&[&text]);
+                if raw.contains(&b'\\') {
+                    let unescaped = unescape_lenient(raw);
+                    for id in detect_injection_parts(&[&String::from_utf8_lossy(&unescaped)]) {
+                        if !found.contains(&id) {
+                            found.push(id);
+                        }
+                    }
+                }
+                found
             }
             _ => Vec::new(),
         },
+        // invariant: unreachable on a route with detectors (it refuses these bodies);
+        // should it ever be reached, the escapes are decoded rather than skipped.
+        Parsed::Unparseable => match body.raw() {
+            Some(raw) => {
+                detect_injection_parts(&[&String::from_utf8_lossy(&unescape_lenient(raw))])
+            }
+            None => Vec::new(),
+        },
+        Parsed::Incomplete | Parsed::Encoded => Vec::new(),
     }
 }

@@ -9,10 +9,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::catalog::Classification;
-use crate::decision::{Action, Decision, Reason};
+use crate::decision::Decision;
 use crate::evaluate::Inspection;
 use crate::host::{split_host_port, Host};
-use crate::policy::{Mode, Policy, RequestFacts, Route, Step, Trace};
+use crate::policy::{Policy, Step, Trace};
+use crate::reason::{Action, Reason};
+use crate::route::{Mode, RequestFacts, Route};
 
 /// What happened at one route during the walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,7 +301,13 @@ impl Recorder {
                             .and_then(|n| n.fallback_model.as_deref())
                             .unwrap_or("-")
                     ),
-                    Step::Uninspectable => {
+                    Step::Uninspectable(Reason::BodyEncoded) => {
+                        "stop (body_encoded: the route inspects the body, which has a Content-Encoding)".to_owned()
+                    }
+                    Step::Uninspectable(Reason::BodyUnparseable) => {
+                        "stop (body_unparseable: the route inspects the body, which looks like JSON but does not parse strictly)".to_owned()
+                    }
+                    Step::Uninspectable(_) => {
                         "stop (the route inspects the body, which was not read in full)".to_owned()
                     }
                     Step::Skip(reason) => format!("skip ({reason}: {})", detail(route, *reason, req, class)),

@@ -60,14 +60,20 @@
 //!      (agent or tenant, host, port, method, path, provider, operation, model, plus
 //!      plain HTTP and WebSocket permissions). **No match means deny**, with the most
 //!      specific near miss as the reason (`model_not_allowed`, `method_not_allowed`, …,
-//!      `no_route`). A route that must read the body and did not get all of it refuses
-//!      the request (`body_too_large`);
+//!      `no_route`). A route that inspects the body ([`Route::requires_inspection`]:
+//!      detectors, `models` or narrow) refuses a body it cannot inspect: not read in
+//!      full (`body_too_large`), sent with a `Content-Encoding` other than `identity`
+//!      (`body_encoded`), or looking like JSON without parsing strictly
+//!      (`body_unparseable`);
 //!    - runs the route's detectors (prompt injection over the normalized prompt text,
 //!      provider key formats anywhere): a blocking hit denies, a warning hit warns;
 //!    - narrows the body for a narrow route ([`Narrowed`]: the new body and the names
 //!      of the fields that changed).
 //!
-//!    [`Policy::decide`] is the same walk without a body.
+//!    The body is parsed **once, strictly** (UTF-8, no lone surrogate escapes, numbers
+//!    within `f64`, nesting at most 128, no key given twice), and classification, the
+//!    detectors and narrowing all read that one parse; a body that failed it is never
+//!    scanned as raw bytes instead. [`Policy::decide`] is the same walk without a body.
 //! 4. **Dial.** Before connecting, the proxy runs every resolved address through
 //!    [`classify_ip`]; anything internal is refused unless the route's `allow_private`
 //!    covers it ([`Route::allows_private`]).
@@ -85,6 +91,8 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
+mod body;
 mod catalog;
 mod config;
 mod decision;
@@ -94,8 +102,11 @@ mod explain;
 mod host;
 mod narrow;
 mod policy;
+mod reason;
+mod route;
 mod ssrf;
 
+pub use agent::Agent;
 pub use catalog::{
     builtin_provider_ids, ApiStyle, Classification, DestinationKind, KeyInjection, ModelSource,
     Operation, Provider, ProviderHost,
@@ -105,7 +116,7 @@ pub use config::{
     LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
     EMBEDDED_DEFAULT,
 };
-pub use decision::{Action, Decision, Reason};
+pub use decision::Decision;
 pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};
 pub use detect::redact::{redact, Redactor, REDACTED};
 pub use detect::secrets::{detect_secrets, secret_format_ids};
@@ -115,5 +126,7 @@ pub use evaluate::{Evaluation, Inspection};
 pub use explain::{explain, Explanation, RouteStep};
 pub use host::{split_host_port, Host, HostError, HostPattern};
 pub use narrow::{NarrowSpec, Narrowed};
-pub use policy::{Agent, Mode, ModelPattern, PathPattern, Policy, RequestFacts, Route};
+pub use policy::Policy;
+pub use reason::{Action, Reason};
+pub use route::{Mode, ModelPattern, PathPattern, RequestFacts, Route};
 pub use ssrf::{classify_ip, SsrfClass};

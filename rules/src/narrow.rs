@@ -15,16 +15,17 @@
 //! - `force_include_usage`: an OpenAI-style streaming chat or completion gets
 //!   `stream_options.include_usage = true`, so the proxy can meter it.
 //!
-//! The body is rebuilt from its top-level members: untouched members keep their exact
-//! bytes. A key given twice keeps only its last value, which is also how the providers
-//! read it, and is reported as changed.
+//! Narrowing reads the one strict parse of the body ([`crate::body`]): a body that did
+//! not parse is refused, never forwarded with a member left unchecked, and a key given
+//! twice never reaches it (the parse refuses it). The body is rebuilt from its
+//! top-level members: untouched members keep their exact bytes.
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::body::{Document, Parsed};
 use crate::catalog::{ApiStyle, Operation};
 
 /// A route's `narrow = { … }` table.
@@ -61,7 +62,8 @@ impl fmt::Debug for Narrowed {
 
 /// What narrowing needs to know about the request.
 pub(crate) struct NarrowRequest<'a> {
-    pub(crate) body: Option<&'a [u8]>,
+    /// The one strict parse of the body.
+    pub(crate) body: &'a Parsed<'a>,
     pub(crate) provider: Option<&'a str>,
     pub(crate) api: Option<ApiStyle>,
     pub(crate) operation: Option<Operation>,
@@ -75,88 +77,57 @@ pub(crate) struct NarrowRequest<'a> {
 /// Why a request could not be narrowed into bounds.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum NarrowError {
-    /// The model must change but is not a body field, or the body is not JSON.
+    /// The model must change but is not a body field, or the body is not a JSON object.
     ModelNotRewritable,
+    /// The body looks like JSON but did not parse strictly, or a member has no parsed
+    /// value: it is refused, never forwarded with that member unchecked.
+    Unparseable,
 }
 
-/// One top-level member: untouched bytes, or a new value.
+/// One top-level member: untouched bytes with their parsed value, or a new value.
 enum Member<'a> {
-    Raw(&'a RawValue),
+    Raw(&'a RawValue, &'a Value),
     New(Value),
 }
 
 impl Member<'_> {
-    fn value(&self) -> Option<Value> {
+    fn value(&self) -> Value {
         match self {
-            Member::Raw(raw) => serde_json::from_str(raw.get()).ok(),
-            Member::New(value) => Some(value.clone()),
+            Member::Raw(_, value) => (*value).clone(),
+            Member::New(value) => value.clone(),
         }
     }
 }
 
-/// Top-level members in order, duplicates included.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    out.push((key, value));
-                }
-                Ok(Members(out))
-            }
-        }
-
-        deserializer.deserialize_map(MembersVisitor)
-    }
-}
-
-/// The body being rewritten: members by key, last occurrence wins.
+/// The body being rewritten: the members of the one strict parse, in body order (keys
+/// are unique: the parse refuses a key given twice).
 struct Body<'a> {
     members: Vec<(String, Member<'a>)>,
     fields: Vec<String>,
 }
 
 impl<'a> Body<'a> {
-    fn parse(raw: &'a [u8]) -> Option<Body<'a>> {
-        let Members(list) = serde_json::from_slice(raw).ok()?;
-        let mut members: Vec<(String, Member<'a>)> = Vec::with_capacity(list.len());
-        let mut duplicated = Vec::new();
-        for (key, value) in list {
-            if let Some(i) = members.iter().position(|(k, _)| *k == key) {
-                members.remove(i);
-                duplicated.push(key.clone());
-            }
-            members.push((key, Member::Raw(value)));
-        }
-        let mut body = Body {
+    fn new(doc: &'a Document<'a>) -> Result<Body<'a>, NarrowError> {
+        let map = doc.value.as_object().ok_or(NarrowError::Unparseable)?;
+        let members = doc
+            .members
+            .iter()
+            .map(|(key, raw)| {
+                let value = map.get(key).ok_or(NarrowError::Unparseable)?;
+                Ok((key.clone(), Member::Raw(raw, value)))
+            })
+            .collect::<Result<Vec<_>, NarrowError>>()?;
+        Ok(Body {
             members,
             fields: Vec::new(),
-        };
-        // The rewrite drops shadowed copies of a key given twice, so that what is
-        // forwarded is exactly what was checked; that changes the key.
-        for key in duplicated {
-            body.changed(&key);
-        }
-        Some(body)
+        })
     }
 
     fn get(&self, key: &str) -> Option<Value> {
         self.members
             .iter()
             .find(|(k, _)| k == key)
-            .and_then(|(_, m)| m.value())
+            .map(|(_, m)| m.value())
     }
 
     fn has(&self, key: &str) -> bool {
@@ -199,7 +170,7 @@ impl<'a> Body<'a> {
             out.extend(serde_json::to_vec(key).unwrap_or_default());
             out.push(b':');
             match member {
-                Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Member::Raw(raw, _) => out.extend_from_slice(raw.get().as_bytes()),
                 Member::New(value) => out.extend(serde_json::to_vec(value).unwrap_or_default()),
             }
         }
@@ -213,11 +184,16 @@ pub(crate) fn narrow(
     spec: &NarrowSpec,
     req: &NarrowRequest<'_>,
 ) -> Result<Option<Narrowed>, NarrowError> {
-    let Some(mut body) = req.body.and_then(Body::parse) else {
-        return match req.replace_model_in {
-            Some(_) => Err(NarrowError::ModelNotRewritable),
-            None => Ok(None),
-        };
+    let mut body = match req.body {
+        Parsed::Json(doc) if doc.is_object() => Body::new(doc)?,
+        Parsed::Unparseable => return Err(NarrowError::Unparseable),
+        // Not an object (or not JSON): there is no field to bound or replace.
+        _ => {
+            return match req.replace_model_in {
+                Some(_) => Err(NarrowError::ModelNotRewritable),
+                None => Ok(None),
+            }
+        }
     };
 
     if let Some(field) = req.replace_model_in {

@@ -254,12 +254,14 @@ fn a_truncated_or_malformed_body_yields_no_model_rather_than_a_guess() {
 }
 
 #[test]
-fn a_duplicated_model_key_is_read_as_the_last_one_like_the_providers_do() {
+fn a_duplicated_model_key_leaves_the_model_unread() {
+    // The strict parse refuses a key given twice: neither copy is believed (an inspected
+    // route then refuses the request as `body_unparseable`).
     let policy = policy(EMBEDDED_DEFAULT);
     let host = Host::Name("api.openai.com".to_owned());
     let body = br#"{"model": "gpt-4o-mini", "messages": [], "model": "o1-pro"}"#;
     let class = policy.classify(&host, "POST", "/v1/chat/completions", None, Some(body));
-    assert_eq!(class.model.as_deref(), Some("o1-pro"));
+    assert_eq!(class.model, None);
 }
 
 const CONFIG_PROVIDERS: &str = r#"version = 1

@@ -660,14 +660,16 @@ fn a_disallowed_model_in_the_path_cannot_be_narrowed_and_is_denied() {
 
 #[test]
 fn a_duplicated_limit_cannot_smuggle_a_larger_value_past_narrowing() {
+    // A key given twice fails the strict parse: refused, never forwarded.
     let p = policy(NARROW_ROUTE);
     let body =
         r#"{"model": "gpt-4o-mini", "max_tokens": 10, "messages": [], "max_tokens": 900000}"#;
     let e = eval(&p, &Req::chat(body));
-    let text =
-        String::from_utf8(e.narrowed.map(|n| n.body).unwrap_or_default()).unwrap_or_default();
-    assert_eq!(text.matches("max_tokens").count(), 1, "{text}");
-    assert!(text.contains(r#""max_tokens":2048"#), "{text}");
+    assert_eq!(
+        verdict(&e),
+        (Action::Deny, Reason::BodyUnparseable, Some("narrowed"))
+    );
+    assert!(e.narrowed.is_none());
 }
 
 #[test]

@@ -1026,7 +1026,11 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
             "{code}: {message}"
         );
     }
-    assert_eq!(Reason::ALL.len(), 29);
+    assert_eq!(Reason::ALL.len(), 34);
+    assert_eq!(Reason::BudgetExceeded.code(), "budget_exceeded");
+    assert_eq!(Reason::ApprovalTimeout.code(), "approval_timeout");
+    assert_eq!(Reason::BodyUnparseable.code(), "body_unparseable");
+    assert_eq!(Reason::BodyEncoded.code(), "body_encoded");
     assert_eq!(Reason::ModelNotAllowed.code(), "model_not_allowed");
     assert_eq!(Reason::OperationNotAllowed.code(), "operation_not_allowed");
     assert_eq!(Reason::ProviderNotAllowed.code(), "provider_not_allowed");

@@ -104,17 +104,6 @@ pub fn redactable(headers: &HeaderMap) -> bool {
     !encoded && (ct.starts_with("text/") || ct.contains("json") || ct.contains("event-stream"))
 }
 
-/// The request's `Content-Encoding`, when it names anything but `identity`.
-pub fn content_encoding(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::CONTENT_ENCODING)?;
-    match v.to_str() {
-        Ok(s) if s.trim().eq_ignore_ascii_case("identity") || s.trim().is_empty() => None,
-        Ok(s) => Some(s.trim()),
-        // Not even ASCII: certainly not identity.
-        Err(_) => Some("invalid"),
-    }
-}
-
 /// What a request asked the connection to become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Asked {
@@ -189,16 +178,6 @@ mod tests {
         scrub_response_headers(&mut h, false, "ev");
         assert!(!h.contains_key(HDR_DECISION));
         assert_eq!(h[HDR_EVENT_ID], "ev");
-    }
-
-    #[test]
-    fn identity_content_encoding_is_no_encoding() {
-        let mut h = HeaderMap::new();
-        assert_eq!(content_encoding(&h), None);
-        h.insert("content-encoding", HeaderValue::from_static("identity"));
-        assert_eq!(content_encoding(&h), None);
-        h.insert("content-encoding", HeaderValue::from_static("gzip"));
-        assert_eq!(content_encoding(&h), Some("gzip"));
     }
 
     fn resp(status: u16) -> Response<()> {

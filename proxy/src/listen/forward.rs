@@ -17,7 +17,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::ListenerInfo;
-use crate::ctx::{Ctx, Phase};
+use crate::ctx::Ctx;
+use crate::flow::Phase;
 use crate::flow::{new_nonce, Entry, Flow, Scheme, Target, TunnelVerdict, Wire};
 use crate::http::body::{empty, ProxyBody};
 use crate::http::framing::FramingGuard;

@@ -11,7 +11,8 @@ use portcullis_rules::{ListenerAuth, ListenerMode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::ctx::{Ctx, Phase};
+use crate::ctx::Ctx;
+use crate::flow::Phase;
 
 /// One listener's settings.
 pub struct ListenerInfo {

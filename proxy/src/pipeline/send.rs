@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use super::bind::Bound;
 use super::inspect::Inspected;
-use crate::ctx::{Ctx, Phase};
+use crate::ctx::Ctx;
 use crate::flow::Flow;
+use crate::flow::Phase;
 use crate::http::body::{empty, End, Metered, ProxyBody, Redacting};
 use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
 use crate::http::relay::relay;

@@ -19,7 +19,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::Tunnel;
-use crate::ctx::{Ctx, Phase};
+use crate::ctx::Ctx;
+use crate::flow::Phase;
 use crate::flow::{new_nonce, Entry, Flow, Wire};
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};

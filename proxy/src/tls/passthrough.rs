@@ -11,7 +11,8 @@ use portcullis_rules::{Host, Mode, Route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::Tunnel;
-use crate::ctx::{Ctx, Phase};
+use crate::ctx::Ctx;
+use crate::flow::Phase;
 use crate::flow::TunnelVerdict;
 use crate::http::body::End;
 use crate::http::relay::{relay, RelayEnd};

@@ -1,0 +1,260 @@
+//! Validation: convert the raw structs into the public types, recording every error
+//! with its position and carrying on. Routes and providers are in `routes.rs`, the
+//! proxy settings in `settings.rs`, single-value parsers in `values.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::catalog::Catalog;
+use crate::policy::Policy;
+
+use super::raw::{RawAgent, RawConfig, RawTenant, S};
+use super::values::{line_col, parse_token_hash, validate_id};
+use super::{Config, ConfigError, ConfigErrors};
+
+pub(super) struct Errors<'a> {
+    pub(super) file: &'a str,
+    pub(super) text: &'a str,
+    pub(super) errors: Vec<ConfigError>,
+    /// Where the tables that had unknown keys removed start.
+    pub(super) pruned: Vec<usize>,
+}
+
+/// Where the first declaration of an id was, for "duplicate" messages.
+pub(super) type Seen = HashMap<String, Range<usize>>;
+
+impl Errors<'_> {
+    pub(super) fn at(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// An error about a table as a whole (a required key is missing, it sets nothing).
+    /// Dropped for a table that had unknown keys: the key is most likely misspelled, and
+    /// the unknown-key error already says so.
+    pub(super) fn at_table(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        if !self.pruned.contains(&span.start) {
+            self.at(span, message);
+        }
+    }
+
+    /// A syntax or type error from the TOML reader.
+    pub(super) fn toml_error(&mut self, e: &toml::de::Error) {
+        let span = e.span().unwrap_or(0..0);
+        // Serde messages may span lines; keep one line per error.
+        self.at(&span, e.message().trim().replace('\n', "; "));
+    }
+
+    pub(super) fn line_of(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    pub(super) fn finish(mut self) -> ConfigErrors {
+        // Stable sort: errors at one position keep the order they were found in.
+        self.errors.sort_by_key(|e| (e.line, e.col));
+        ConfigErrors {
+            errors: self.errors,
+        }
+    }
+
+    /// Record `result`'s error at `span`, and turn it into an `Option`.
+    pub(super) fn check<T>(&mut self, span: &Range<usize>, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.at(span, message);
+                None
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        match &raw.version {
+            None => self.at_table(
+                &(0..0),
+                "missing `version = 1`; add it as the first line of the file",
+            ),
+            Some(v) if *v.get_ref() != 1 => self.at(
+                &v.span(),
+                format!(
+                    "unsupported version {}; this Portcullis reads `version = 1`",
+                    v.get_ref()
+                ),
+            ),
+            Some(_) => {}
+        }
+
+        // References are checked against every declared id, valid or not, so that one
+        // broken agent does not also produce an error at each place that names it.
+        let tenants = self.tenants(raw.tenants);
+        let (agent_ids, agents) = self.agents(raw.agents, &tenants);
+        let (provider_ids, providers) = self.providers(raw.providers);
+        let known = Known {
+            tenants: &tenants,
+            agents: &agent_ids,
+            providers: &provider_ids,
+        };
+        let routes = self.routes(raw.routes, &known);
+        let admin = self.admin(raw.admin);
+        let listeners = self.listeners(raw.listeners, &agent_ids, &admin);
+        let ca = self.ca(raw.ca);
+        let ledger = self.ledger(raw.ledger);
+        let upstream = self.upstream(raw.upstream);
+        let limits = self.limits(raw.limits);
+
+        let tenants: Vec<String> = tenants.into_keys_in_order();
+        Config {
+            listeners,
+            admin,
+            ca,
+            upstream,
+            limits,
+            ledger,
+            policy: Arc::new(Policy::new(
+                tenants,
+                agents,
+                routes,
+                Catalog::new(providers),
+                self.text,
+            )),
+        }
+    }
+
+    /// A valid, not yet seen id; records an error otherwise.
+    pub(super) fn new_id(&mut self, kind: &str, id: &S<String>, seen: &mut Seen) -> Option<String> {
+        let value = id.get_ref();
+        if let Err(message) = validate_id(kind, value) {
+            self.at(&id.span(), message);
+            return None;
+        }
+        if let Some(first) = seen.get(value) {
+            let line = self.line_of(first);
+            self.at(
+                &id.span(),
+                format!("duplicate {kind} id `{value}` (first declared on line {line}); ids must be unique, rename one"),
+            );
+            return None;
+        }
+        seen.insert(value.clone(), id.span());
+        Some(value.clone())
+    }
+
+    pub(super) fn tenants(&mut self, raw: Vec<S<RawTenant>>) -> OrderedIds {
+        let mut seen = Seen::new();
+        let mut ids = OrderedIds::default();
+        for tenant in raw {
+            let span = tenant.span();
+            match &tenant.get_ref().id {
+                None => self.at_table(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
+                Some(id) => {
+                    if let Some(id) = self.new_id("tenant", id, &mut seen) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    pub(super) fn agents(
+        &mut self,
+        raw: Vec<S<RawAgent>>,
+        tenants: &OrderedIds,
+    ) -> (OrderedIds, Vec<Agent>) {
+        let mut seen = Seen::new();
+        let mut ids = OrderedIds::default();
+        let mut agents = Vec::new();
+        for agent in raw {
+            let span = agent.span();
+            let agent = agent.into_inner();
+            let id = match &agent.id {
+                None => {
+                    self.at_table(&span, "agent needs an `id`, as in `id = \"research-bot\"`");
+                    None
+                }
+                Some(id) => self.new_id("agent", id, &mut seen),
+            };
+            if let Some(id) = &id {
+                ids.push(id.clone());
+            }
+            let tenant = match &agent.tenant {
+                None => {
+                    self.at_table(&span, "agent needs a `tenant`, as in `tenant = \"acme\"`; every agent belongs to exactly one tenant");
+                    None
+                }
+                Some(tenant) if !tenants.contains(tenant.get_ref()) => {
+                    self.at(
+                        &tenant.span(),
+                        format!(
+                            "agent refers to unknown tenant `{}`; declare it with [[tenants]] id = \"{}\"",
+                            tenant.get_ref(),
+                            tenant.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Some(tenant) => Some(tenant.get_ref().clone()),
+            };
+            let token = match &agent.token_sha256 {
+                None => {
+                    self.at_table(&span, "agent needs a `token_sha256` (64 hex characters; `portcullis agent hash-token` prints it)");
+                    None
+                }
+                Some(token) => self.check(&token.span(), parse_token_hash(token.get_ref())),
+            };
+            if let (Some(id), Some(tenant), Some(token)) = (id, tenant, token) {
+                agents.push(Agent::new(id, tenant, token));
+            }
+        }
+        (ids, agents)
+    }
+}
+
+/// The ids a route may refer to.
+pub(super) struct Known<'a> {
+    pub(super) tenants: &'a OrderedIds,
+    pub(super) agents: &'a OrderedIds,
+    pub(super) providers: &'a OrderedIds,
+}
+
+impl Known<'_> {
+    pub(super) fn provider(&self, id: &str) -> Result<String, String> {
+        if self.providers.contains(id) {
+            Ok(id.to_owned())
+        } else {
+            Err(format!(
+                "unknown provider `{id}`; use a catalog id ({}) or declare it with [[providers]]",
+                self.providers.order.join(", ")
+            ))
+        }
+    }
+}
+
+/// Declared ids in file order, with a fast membership test.
+#[derive(Default)]
+pub(super) struct OrderedIds {
+    order: Vec<String>,
+    set: HashSet<String>,
+}
+
+impl OrderedIds {
+    pub(super) fn push(&mut self, id: String) {
+        self.set.insert(id.clone());
+        self.order.push(id);
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    pub(super) fn into_keys_in_order(self) -> Vec<String> {
+        self.order
+    }
+}
