@@ -1,3 +1,4 @@
+// Compiled only under #[cfg(test)] (declared in ledger.rs): the handle's own tests.
 //! The writer's failure and rotation paths, driven through the handle with the test hooks.
 
 use std::fs;
