@@ -181,7 +181,11 @@ impl Upstream {
         port: u16,
         route: &Route,
     ) -> Result<Checked, ConnectError> {
-        let addrs = resolve_checked(&self.shared, host, port, route).await?;
+        let mut addrs = resolve_checked(&self.shared, host, port, route).await?;
+        // One order per answer set, so a resolver that rotates its answers does
+        // not defeat connection reuse (the set is part of the pool key).
+        addrs.sort_unstable();
+        addrs.dedup();
         Ok(Checked {
             host: host.clone(),
             port,
