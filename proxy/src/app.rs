@@ -14,13 +14,16 @@ use portcullis_rules::{Config, LedgerSync};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use zeroize::Zeroizing;
 
 use crate::ctx::{Ctx, Limits, TlsServer};
 use crate::flow::Phase;
 use crate::listen::{accept_loop, ListenerInfo};
 use crate::policy::{reload, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;
+use crate::state::MemoryBudgets;
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
+use crate::vault::Keys;
 
 /// A spliced tunnel or WebSocket session with no traffic for this long closes.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -46,6 +49,8 @@ pub enum StartError {
     Tls(String),
     #[error("ledger: {}", .0.full_message())]
     Ledger(#[from] LedgerError),
+    #[error("vault: {0}")]
+    Vault(#[from] portcullis_certs::VaultError),
 }
 
 /// What `start` needs beyond the parsed config.
@@ -56,6 +61,9 @@ pub struct Settings {
     /// The file the config came from. When set, SIGHUP and changes to the
     /// file reload the policy.
     pub config_path: Option<PathBuf>,
+    /// The vault's master key (base64), as `PORTCULLIS_MASTER_KEY` gives it.
+    /// `None` falls back to `[vault] master_key_file`.
+    pub master_key: Option<Zeroizing<String>>,
 }
 
 /// A running proxy. Dropping it does not stop it; call `shutdown`.
@@ -146,6 +154,26 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         },
     );
 
+    // The keys come before anything listens: a vault that cannot be read stops
+    // the start (fail closed), and an injecting route never runs without it.
+    let vault_path = resolve_path(&base, &cfg.vault.path);
+    let injects = cfg.policy.routes().iter().any(|r| r.inject_key.is_some());
+    let keys = if injects || vault_path.exists() {
+        let key_file = cfg
+            .vault
+            .master_key_file
+            .as_ref()
+            .map(|p| resolve_path(&base, p));
+        Keys::open(
+            &vault_path,
+            settings.master_key.as_deref().map(String::as_str),
+            key_file.as_deref(),
+        )?
+    } else {
+        Keys::none()
+    };
+    let vault_scanner = keys.scanner();
+
     let ledger_dir = resolve_path(&base, &cfg.ledger.dir);
     let ledger = Ledger::open(LedgerOptions {
         dir: ledger_dir.clone(),
@@ -205,7 +233,9 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(Ctx {
         policy: Arc::new(PolicyHolder::new(cfg.policy.clone())),
-        vault: portcullis_rules::VaultScanner::empty(),
+        keys,
+        vault: vault_scanner,
+        budgets: Arc::new(MemoryBudgets::default()),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),
         certs,

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use crate::flow::Phase;
 use crate::policy::PolicyHolder;
 use crate::record::Outcomes;
+use crate::state::Budgets;
 use crate::upstream::Upstream;
+use crate::vault::Keys;
 
 /// Limits copied out of the config for the hot path.
 #[derive(Clone, Copy, Debug)]
@@ -36,8 +38,12 @@ pub struct TlsServer {
 
 pub struct Ctx {
     pub policy: Arc<PolicyHolder>,
-    /// Exact-value scanner for the vault's keys (empty until the vault lands).
+    /// The provider keys, decrypted from the vault at start.
+    pub keys: Keys,
+    /// Exact-value scanner for every vault key (blocks leaks, redacts echoes).
     pub vault: portcullis_rules::VaultScanner,
+    /// Token budgets and rate limits.
+    pub budgets: Arc<dyn Budgets>,
     pub ledger: Ledger,
     pub outcomes: Outcomes,
     pub certs: LeafCache,
@@ -51,7 +57,10 @@ impl Ctx {
     /// Resolves once the process reaches `phase` (or later).
     pub async fn reached(&self, phase: Phase) {
         let mut rx = self.phase.clone();
-        let _ = rx.wait_for(|p| *p as u8 >= phase as u8).await;
+        if rx.wait_for(|p| *p as u8 >= phase as u8).await.is_err() {
+            // The handle was dropped without a shutdown: nobody can stop us now.
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn is_running(&self) -> bool {

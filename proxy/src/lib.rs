@@ -74,8 +74,10 @@ mod pipeline;
 mod policy;
 mod record;
 mod rescue;
+mod state;
 mod tls;
 mod upstream;
+mod vault;
 
 pub use app::{start, RunningProxy, Settings, StartError};
 pub use policy::{ReloadError, ReloadOutcome};

@@ -24,6 +24,7 @@ use crate::flow::Target;
 use crate::http::body::End;
 use crate::identity::Identity;
 use crate::policy::PolicySnapshot;
+use crate::state::Hold;
 
 /// The field names of the log lines: the ledger's record field names.
 pub mod field {
@@ -47,6 +48,8 @@ pub mod field {
     pub const BYTES_OUT: &str = "bytes_out";
     pub const DURATION_MS: &str = "duration_ms";
     pub const END: &str = "end";
+    pub const TOKENS_IN: &str = "tokens_in";
+    pub const TOKENS_OUT: &str = "tokens_out";
 
     /// Every name above, for the test that holds them to the ledger schema.
     #[cfg(test)]
@@ -71,6 +74,8 @@ pub mod field {
         BYTES_OUT,
         DURATION_MS,
         END,
+        TOKENS_IN,
+        TOKENS_OUT,
     ];
 }
 
@@ -86,6 +91,8 @@ pub struct RequestRecord {
     path_template: Option<String>,
     pub decision: Decision,
     pub classification: Option<Classification>,
+    /// The vault key's slot and version (`openai/default@v2`), never the key.
+    pub key_id: Option<String>,
     policy_generation: u64,
     policy_hash: String,
     committed: bool,
@@ -104,6 +111,7 @@ impl RequestRecord {
             path_template: None,
             decision: Decision::deny(Reason::BadRequest),
             classification: None,
+            key_id: None,
             policy_generation: snap.generation,
             policy_hash: snap.policy.hash_hex().to_owned(),
             committed: false,
@@ -145,7 +153,7 @@ impl RequestRecord {
             stream: c.filter(|c| c.operation.is_some()).map(|c| c.stream),
             detectors: self.decision.detectors.clone(),
             narrowed: self.decision.narrowed.clone(),
-            key_id: None,
+            key_id: self.key_id.clone(),
         }
     }
 
@@ -249,6 +257,8 @@ pub struct OutcomeGuard {
     phase: watch::Receiver<Phase>,
     started: tokio::time::Instant,
     bytes_in: Arc<AtomicU64>,
+    /// The budget reservation to settle with the tokens used.
+    hold: Option<Hold>,
 }
 
 impl OutcomeGuard {
@@ -277,6 +287,20 @@ impl OutcomeGuard {
             phase: phase.clone(),
             started: tokio::time::Instant::now(),
             bytes_in: Arc::new(AtomicU64::new(0)),
+            hold: None,
+        }
+    }
+
+    /// The budget reservation this request holds; settled when the outcome is written.
+    pub fn hold(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
+    }
+
+    /// The token usage read from the response.
+    pub fn usage(&mut self, input: Option<u64>, output: Option<u64>) {
+        if let Some(f) = self.facts.as_mut() {
+            f.tokens_in = input;
+            f.tokens_out = output;
         }
     }
 
@@ -309,6 +333,14 @@ impl OutcomeGuard {
         facts.bytes_out = bytes_out;
         facts.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         facts.end = end.as_str().to_owned();
+        if let Some(hold) = self.hold.take() {
+            // Unknown usage keeps the estimate charged (see `Hold::settle`).
+            let used = match (facts.tokens_in, facts.tokens_out) {
+                (None, None) => None,
+                (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+            };
+            hold.settle(used);
+        }
         tracing::event!(
             target: "portcullis::outcome",
             tracing::Level::INFO,
@@ -318,6 +350,8 @@ impl OutcomeGuard {
             { field::BYTES_IN } = facts.bytes_in,
             { field::BYTES_OUT } = facts.bytes_out,
             { field::DURATION_MS } = facts.duration_ms,
+            { field::TOKENS_IN } = facts.tokens_in.unwrap_or(0),
+            { field::TOKENS_OUT } = facts.tokens_out.unwrap_or(0),
             { field::END } = facts.end.as_str(),
             "outcome"
         );

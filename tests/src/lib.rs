@@ -510,6 +510,15 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(config_text: &str, dir: tempfile::TempDir) -> TestProxy {
+        TestProxy::start_with_master_key(config_text, dir, None).await
+    }
+
+    /// [`TestProxy::start`] with the vault's master key (what `PORTCULLIS_MASTER_KEY` gives the binary).
+    pub async fn start_with_master_key(
+        config_text: &str,
+        dir: tempfile::TempDir,
+        master_key: Option<&str>,
+    ) -> TestProxy {
         // PORTCULLIS_LOG=debug shows the proxy's logs in failing tests.
         if let Ok(filter) = std::env::var("PORTCULLIS_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -527,6 +536,7 @@ impl TestProxy {
             config,
             base_dir: dir.path().to_path_buf(),
             config_path: Some(config_path),
+            master_key: master_key.map(|k| zeroize::Zeroizing::new(k.to_owned())),
         })
         .await
         .unwrap();

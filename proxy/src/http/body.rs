@@ -35,6 +35,8 @@ pub enum End {
     IdleTimeout,
     /// A reload took away the route a spliced tunnel was using.
     PolicyChanged,
+    /// The response passed the route's hard cap on output tokens and was cut.
+    BudgetCut,
 }
 
 impl End {
@@ -46,41 +48,67 @@ impl End {
             End::Shutdown => "shutdown",
             End::IdleTimeout => "idle_timeout",
             End::PolicyChanged => "policy_changed",
+            End::BudgetCut => "budget_cut",
         }
     }
 }
 
-type OnEnd = Box<dyn FnOnce(u64, End) + Send>;
-
-/// Passes frames through as they arrive (no buffering) and reports the byte
-/// count and the way the stream ended exactly once: at end of stream, on an
-/// upstream error, or when dropped early because the client went away.
-pub struct Metered<B: Body> {
-    inner: B,
-    bytes: u64,
-    on_end: Option<OnEnd>,
+/// Sees every data chunk of a metered body as it passes, without holding it.
+pub trait Tap: Send + 'static {
+    /// `false` cuts the stream after this chunk.
+    fn chunk(&mut self, data: &[u8]) -> bool;
 }
 
-impl<B: Body> Metered<B> {
+/// No tap: only bytes are counted.
+impl Tap for () {
+    fn chunk(&mut self, _data: &[u8]) -> bool {
+        true
+    }
+}
+
+type OnEnd<T> = Box<dyn FnOnce(u64, End, T) + Send>;
+
+/// Passes frames through as they arrive (no buffering), shows each chunk to
+/// its tap, and reports the byte count, the tap and the way the stream ended
+/// exactly once: at end of stream, on an upstream error, when the tap cuts
+/// it, or when dropped early because the client went away.
+pub struct Metered<B: Body, T: Tap = ()> {
+    inner: B,
+    bytes: u64,
+    tap: Option<T>,
+    cut: bool,
+    on_end: Option<OnEnd<T>>,
+}
+
+impl<B: Body> Metered<B, ()> {
     pub fn new(inner: B, on_end: impl FnOnce(u64, End) + Send + 'static) -> Self {
+        Metered::tapped(inner, (), move |bytes, end, ()| on_end(bytes, end))
+    }
+}
+
+impl<B: Body, T: Tap> Metered<B, T> {
+    pub fn tapped(inner: B, tap: T, on_end: impl FnOnce(u64, End, T) + Send + 'static) -> Self {
         Metered {
             inner,
             bytes: 0,
+            tap: Some(tap),
+            cut: false,
             on_end: Some(Box::new(on_end)),
         }
     }
 
     fn finish(&mut self, end: End) {
-        if let Some(f) = self.on_end.take() {
-            f(self.bytes, end);
+        if let (Some(f), Some(tap)) = (self.on_end.take(), self.tap.take()) {
+            f(self.bytes, end, tap);
         }
     }
 }
 
-impl<B> Body for Metered<B>
+impl<B, T> Body for Metered<B, T>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    T: Tap + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -90,10 +118,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.cut {
+            this.finish(End::BudgetCut);
+            return Poll::Ready(Some(Err("the response passed its hard cap on output tokens".into())));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(tap) = this.tap.as_mut() {
+                        // The chunk that crosses the cap still goes; the next poll cuts.
+                        this.cut = !tap.chunk(d);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -118,7 +154,7 @@ where
     }
 }
 
-impl<B: Body> Drop for Metered<B> {
+impl<B: Body, T: Tap> Drop for Metered<B, T> {
     fn drop(&mut self) {
         if self.on_end.is_some() {
             // An empty body hyper never needed to poll still counts as complete.

@@ -24,6 +24,9 @@ pub struct Inspected {
     pub body: ProxyBody,
     /// The client side of a WebSocket upgrade.
     pub client_upgrade: Option<OnUpgrade>,
+    /// The request's own bound on output tokens (after narrowing), for the
+    /// budget reservation.
+    pub max_output_tokens: Option<u64>,
 }
 
 pub async fn inspect(
@@ -78,6 +81,7 @@ pub async fn inspect(
     };
     rec.decision = evaluation.decision;
     rec.classification = Some(evaluation.classification);
+    let max_output_tokens = evaluation.max_output_tokens;
     // A narrowed body replaces the original; otherwise the inspected bytes
     // are replayed ahead of whatever was not read.
     let body: ProxyBody = match (evaluation.narrowed, read.rest) {
@@ -92,5 +96,6 @@ pub async fn inspect(
         parts,
         body,
         client_upgrade,
+        max_output_tokens,
     })
 }

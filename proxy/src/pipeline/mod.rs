@@ -5,7 +5,9 @@
 //! first `Err` goes to [`rescue`], which records the refusal's decision (if no
 //! phase recorded one yet) and answers the client. There is no other way out.
 
+mod admit;
 mod bind;
+mod inject;
 mod inspect;
 mod send;
 
@@ -52,15 +54,24 @@ async fn run(
         (Some(route), Action::Allow | Action::Warn | Action::Narrow) => route.clone(),
         _ => return Err(Refusal::new(rec.decision.clone())),
     };
-    // admit: the one DNS lookup, every address checked against the SSRF table;
-    // the checked addresses are the only ones the dial may use.
-    let dest = send::admit(ctx, rec, &bound, &route).await?;
+    // admit: the one DNS lookup, every address checked against the SSRF table
+    // (the checked addresses are the only ones the dial may use); then the
+    // token estimate reserved in every budget that covers the request.
+    let dest = admit::destination(ctx, rec, &bound, &route).await?;
+    let hold = admit::budgets(ctx, snap, rec, &bound, &route, inspected.max_output_tokens).await?;
+    // inject (choose): the vault key for this tenant and provider; the record
+    // names it. No key on an injecting route means no request.
+    let injection = inject::plan(&ctx.keys, rec, &route, &bound)?;
     // record: the decision is durable before anything leaves (audit before act).
     rec.commit(&ctx.ledger)
         .await
         .map_err(|_| ledger_unavailable())?;
+    // inject (apply): the agent's credentials out, the provider key in.
+    let (mut bound, mut inspected) = (bound, inspected);
+    if let Some(injection) = injection {
+        inject::apply(&mut inspected.parts, &mut bound.upstream_uri, injection);
+    }
     // act (allow | warn | narrow) and send: the (possibly narrowed) request goes
-    // upstream and streams back, redacted, under the outcome guard. Key
-    // injection joins here, between credential stripping and the dial.
-    send::send(ctx, flow, rec, bound, dest, inspected).await
+    // upstream and streams back, redacted and metered, under the outcome guard.
+    send::send(ctx, flow, rec, bound, dest, inspected, hold).await
 }

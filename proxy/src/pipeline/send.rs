@@ -20,42 +20,9 @@ use crate::http::body::{empty, End, Metered, ProxyBody, Redacting};
 use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
 use crate::http::relay::relay;
 use crate::record::{OutcomeGuard, RequestRecord};
+use crate::state::Hold;
 use crate::rescue::Refusal;
 use crate::upstream::{find_connect_error, Checked, ConnectError};
-
-/// Resolves the target once and checks every address (SSRF table, the
-/// proxy's own addresses). A refusal here is a decision and is recorded as one.
-pub async fn admit(
-    ctx: &Ctx,
-    rec: &mut RequestRecord,
-    bound: &Bound,
-    route: &Route,
-) -> Result<Checked, Refusal> {
-    match ctx
-        .upstream
-        .check(&bound.target.host, bound.target.port, route)
-        .await
-    {
-        Ok(dest) => Ok(dest),
-        Err(e) => {
-            let reason = match e {
-                ConnectError::Ssrf { .. } | ConnectError::SelfLoop { .. } => {
-                    tracing::warn!(error = %e, "destination refused by the SSRF guard");
-                    Reason::SsrfBlocked
-                }
-                _ => {
-                    tracing::warn!(error = %e, "destination could not be resolved");
-                    Reason::ResolveFailed
-                }
-            };
-            // Keep what the policy found (classification, detectors) but deny.
-            let mut decision = Decision::deny(reason);
-            decision.detectors = std::mem::take(&mut rec.decision.detectors);
-            rec.decision = decision.clone();
-            Err(Refusal::new(decision).detail(e.to_string()))
-        }
-    }
-}
 
 /// Sends the request and returns the streaming response. From here on the
 /// decision is recorded, so every ending writes an outcome: the guard does it
@@ -68,12 +35,15 @@ pub async fn send(
     bound: Bound,
     dest: Checked,
     inspected: Inspected,
+    hold: Option<Hold>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase);
+    guard.hold(hold);
     let Inspected {
         mut parts,
         body,
         client_upgrade,
+        ..
     } = inspected;
     let websocket = client_upgrade.is_some();
     parts.uri = bound.upstream_uri;

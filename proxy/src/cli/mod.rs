@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::app::{resolve_path, start, Settings};
 
+mod vault;
+
 /// Exit code for an invalid config file (EX_CONFIG-style, as linkerd does).
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -70,6 +72,9 @@ enum Command {
     /// Verify the tamper-evident ledger and export its checkpoint key.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Manage the provider keys the proxy injects (stored encrypted with AES-256-GCM).
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +164,7 @@ pub fn main() -> ExitCode {
         Some(Command::Ca(c)) => ca(c),
         Some(Command::Agent(AgentCommand::HashToken)) => hash_token(),
         Some(Command::Ledger(c)) => Ok(ledger(c)),
+        Some(Command::Vault(c)) => vault::vault(c),
     };
     match result {
         Ok(code) => code,
@@ -304,6 +310,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             config: cfg,
             base_dir: base,
             config_path,
+            master_key: std::env::var(vault::MASTER_KEY_ENV).ok().map(Zeroizing::new),
         })
         .await?;
         print_banner(&proxy, &auth);
