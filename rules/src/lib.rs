@@ -93,6 +93,7 @@
 
 mod agent;
 mod body;
+mod budget;
 mod catalog;
 mod config;
 mod decision;
@@ -107,6 +108,7 @@ mod route;
 mod ssrf;
 
 pub use agent::Agent;
+pub use budget::BudgetSpec;
 pub use catalog::{
     builtin_provider_ids, ApiStyle, Classification, DestinationKind, KeyInjection, ModelSource,
     Operation, Provider, ProviderHost,
@@ -114,7 +116,7 @@ pub use catalog::{
 pub use config::{
     parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, LedgerConfig,
     LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
-    EMBEDDED_DEFAULT,
+    VaultConfig, EMBEDDED_DEFAULT,
 };
 pub use decision::Decision;
 pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};
