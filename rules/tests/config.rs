@@ -679,6 +679,10 @@ fn the_commented_example_in_the_embedded_default_parses() {
         .unwrap_or_else(|e| panic!("the example must parse:\n{e}\n---\n{text}"));
     assert_eq!(config.policy.routes().len(), 2);
     assert!(config.policy.provider("local-vllm").is_some());
+    let route = &config.policy.routes()[0];
+    assert_eq!(route.inject_key.as_deref(), Some("openai"));
+    assert_eq!(route.budget.as_ref().and_then(|b| b.hard_cap), Some(8192));
+    assert!(config.vault.master_key_file.is_some());
 }
 
 // ---- every error at once, unknown keys included ------------------------------------------
@@ -854,6 +858,21 @@ action = "allow"
     assert_eq!(routes[0].inject_key.as_deref(), Some("openai"));
     assert_eq!(routes[1].inject_key.as_deref(), Some("local-vllm"));
     assert_eq!(routes[2].inject_key, None);
+
+    // The slot is named only for a request classified as that provider.
+    let classify = |host: &str| {
+        let host = Host::parse(host).unwrap_or_else(|e| panic!("{e}"));
+        config
+            .policy
+            .classify(&host, "POST", "/v1/chat/completions", None, None)
+    };
+    assert_eq!(
+        routes[0].key_slot(&classify("api.openai.com")),
+        Some("openai")
+    );
+    assert_eq!(routes[0].key_slot(&classify("api.anthropic.com")), None);
+    assert_eq!(routes[0].key_slot(&classify("example.com")), None);
+    assert_eq!(routes[2].key_slot(&classify("api.anthropic.com")), None);
 }
 
 #[test]
