@@ -20,6 +20,8 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::agent::Agent;
 use crate::body::{unescape_lenient, BodyView, Parsed};
 use crate::catalog::{percent_decode, ApiStyle, Classification, ModelOrigin, ModelSource};
@@ -30,7 +32,9 @@ use crate::detect::text;
 use crate::detect::vault::VaultScanner;
 use crate::detect::{DetectorHit, DetectorMode};
 use crate::host::Host;
-use crate::narrow::{narrow, NarrowError, NarrowRequest, Narrowed};
+use crate::narrow::{
+    max_tokens_bound, narrow, NarrowError, NarrowOutcome, NarrowRequest, Narrowed,
+};
 use crate::policy::{NoTrace, Policy, Trace, Walk};
 use crate::reason::{Action, Reason};
 use crate::route::{RequestFacts, Route};
@@ -74,6 +78,15 @@ pub struct Evaluation {
     pub detector_hits: Vec<DetectorHit>,
     /// The rewritten body, when the action is narrow and something changed.
     pub narrowed: Option<Narrowed>,
+    /// The response-token bound of the body as it will be forwarded: `max_tokens`,
+    /// `max_completion_tokens` or `max_output_tokens` (OpenAI, Anthropic, Responses),
+    /// Gemini's `generationConfig.maxOutputTokens`, Bedrock Converse's
+    /// `inferenceConfig.maxTokens`; the largest when several are given. After narrowing
+    /// it is the narrowed value. Read from the one strict parse of the body; `None` when
+    /// the request names no bound (or not as an integer), its body is not a parsed JSON
+    /// object, or it is denied. A budget reserves this, or its `default_reserve` when
+    /// `None`.
+    pub max_output_tokens: Option<u64>,
 }
 
 impl Policy {
@@ -228,16 +241,27 @@ impl Policy {
                     warned.unwrap_or(Reason::RouteWarn),
                     Some(route),
                 );
-                finish(decision, class, hits, None)
+                finish(decision, class, hits, None).bounded_by(&body)
             }
             _ => {
                 let decision = match warned {
                     Some(reason) => Decision::new(Action::Warn, reason, Some(route)),
                     None => Decision::allow(route),
                 };
-                finish(decision, class, hits, None)
+                finish(decision, class, hits, None).bounded_by(&body)
             }
         }
+    }
+}
+
+impl Evaluation {
+    /// Set `max_output_tokens` from the body as the client sent it (nothing narrowed).
+    fn bounded_by(mut self, body: &BodyView<'_>) -> Evaluation {
+        self.max_output_tokens = body
+            .json()
+            .and_then(Value::as_object)
+            .and_then(|map| max_tokens_bound(|key| map.get(key)));
+        self
     }
 }
 
@@ -298,7 +322,7 @@ fn narrow_request(
             return refuse(class, hits);
         }
         let decision = Decision::new(Action::Narrow, Reason::RouteNarrow, Some(Arc::clone(route)));
-        return finish(decision, class, hits, None);
+        return finish(decision, class, hits, None).bounded_by(facts.body);
     };
     let request = NarrowRequest {
         body: facts.body.parsed(),
@@ -319,7 +343,10 @@ fn narrow_request(
             );
             finish(decision, class, hits, None)
         }
-        Ok(narrowed) => {
+        Ok(NarrowOutcome {
+            narrowed,
+            max_output_tokens,
+        }) => {
             let mut decision =
                 Decision::new(Action::Narrow, Reason::RouteNarrow, Some(Arc::clone(route)));
             let mut class = class;
@@ -331,7 +358,9 @@ fn narrow_request(
                     }
                 }
             }
-            finish(decision, class, hits, narrowed)
+            let mut evaluation = finish(decision, class, hits, narrowed);
+            evaluation.max_output_tokens = max_output_tokens;
+            evaluation
         }
     }
 }
@@ -348,6 +377,7 @@ fn finish(
         classification,
         detector_hits: hits,
         narrowed,
+        max_output_tokens: None,
     }
 }
 

@@ -9,13 +9,15 @@
 //! ## The config file
 //!
 //! TOML, `version = 1`, unknown keys rejected. Besides listener, admin, CA, ledger,
-//! upstream and limit settings, it declares who calls and where they may go:
+//! upstream, limit and vault settings ([`VaultConfig`]), it declares who calls and where
+//! they may go:
 //!
 //! ```toml
 //! version = 1
 //!
 //! [[tenants]]
 //! id = "acme"
+//! budget = { tokens_per_day = 2_000_000 }   # optional; also on agents and routes
 //!
 //! [[agents]]                    # every agent belongs to one tenant
 //! id = "research-bot"
@@ -33,11 +35,18 @@
 //! models = ["gpt-4o-mini", "gpt-4.1-*"]       # omit for any
 //! detectors = { injection = "block", secrets = "warn" }
 //! action = "allow"              # allow | deny | narrow | warn
+//! inject_key = "openai"         # vault slot (a catalog id) whose key the proxy sets
+//! budget = { tokens_per_day = 200_000, requests_per_minute = 60 }
 //! ```
 //!
 //! `action = "narrow"` takes a `narrow = { max_tokens, fallback_model, tools_allow,
-//! force_include_usage }` table; `[[providers]]` entries extend the catalog. The
-//! commented example in [`EMBEDDED_DEFAULT`] shows every key.
+//! force_include_usage }` table; `[[providers]]` entries extend the catalog. A
+//! [`BudgetSpec`] (`tokens_per_day`, `requests_per_minute`, `default_reserve`,
+//! `hard_cap`) can sit on a route, a tenant ([`Policy::tenant_budget`]) and an agent;
+//! this crate only holds the limits, the proxy counts. `inject_key` is refused on deny
+//! and passthrough routes and on hosts of another provider; [`Route::key_slot`] names
+//! the slot only for a request classified as that provider. The commented example in
+//! [`EMBEDDED_DEFAULT`] shows every key.
 //!
 //! [`parse_config`] reports every problem at once, each as `file:line:col: message` with
 //! a suggested fix. [`EMBEDDED_DEFAULT`] is the config used when no file is given: it
@@ -68,7 +77,9 @@
 //!    - runs the route's detectors (prompt injection over the normalized prompt text,
 //!      provider key formats anywhere): a blocking hit denies, a warning hit warns;
 //!    - narrows the body for a narrow route ([`Narrowed`]: the new body and the names
-//!      of the fields that changed).
+//!      of the fields that changed);
+//!    - reports the response-token bound of what is forwarded
+//!      ([`Evaluation::max_output_tokens`]), which a budget reserves up front.
 //!
 //!    The body is parsed **once, strictly** (UTF-8, no lone surrogate escapes, numbers
 //!    within `f64`, nesting at most 128, no key given twice), and classification, the
@@ -93,6 +104,7 @@
 
 mod agent;
 mod body;
+mod budget;
 mod catalog;
 mod config;
 mod decision;
@@ -107,6 +119,7 @@ mod route;
 mod ssrf;
 
 pub use agent::Agent;
+pub use budget::BudgetSpec;
 pub use catalog::{
     builtin_provider_ids, ApiStyle, Classification, DestinationKind, KeyInjection, ModelSource,
     Operation, Provider, ProviderHost,
@@ -114,7 +127,7 @@ pub use catalog::{
 pub use config::{
     parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, LedgerConfig,
     LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
-    EMBEDDED_DEFAULT,
+    VaultConfig, EMBEDDED_DEFAULT,
 };
 pub use decision::Decision;
 pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};

@@ -92,9 +92,13 @@ enum Member<'a> {
 
 impl Member<'_> {
     fn value(&self) -> Value {
+        self.value_ref().clone()
+    }
+
+    fn value_ref(&self) -> &Value {
         match self {
-            Member::Raw(_, value) => (*value).clone(),
-            Member::New(value) => value.clone(),
+            Member::Raw(_, value) => value,
+            Member::New(value) => value,
         }
     }
 }
@@ -128,6 +132,13 @@ impl<'a> Body<'a> {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, m)| m.value())
+    }
+
+    fn lookup(&self, key: &str) -> Option<&Value> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, m)| m.value_ref())
     }
 
     fn has(&self, key: &str) -> bool {
@@ -179,11 +190,19 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Apply `spec` to the request. `Ok(None)` when nothing had to change.
+/// What narrowing made of a request.
+pub(crate) struct NarrowOutcome {
+    /// The rewritten body; `None` when nothing had to change.
+    pub(crate) narrowed: Option<Narrowed>,
+    /// [`max_tokens_bound`] of the body as it will be forwarded.
+    pub(crate) max_output_tokens: Option<u64>,
+}
+
+/// Apply `spec` to the request.
 pub(crate) fn narrow(
     spec: &NarrowSpec,
     req: &NarrowRequest<'_>,
-) -> Result<Option<Narrowed>, NarrowError> {
+) -> Result<NarrowOutcome, NarrowError> {
     let mut body = match req.body {
         Parsed::Json(doc) if doc.is_object() => Body::new(doc)?,
         Parsed::Unparseable => return Err(NarrowError::Unparseable),
@@ -191,7 +210,10 @@ pub(crate) fn narrow(
         _ => {
             return match req.replace_model_in {
                 Some(_) => Err(NarrowError::ModelNotRewritable),
-                None => Ok(None),
+                None => Ok(NarrowOutcome {
+                    narrowed: None,
+                    max_output_tokens: None,
+                }),
             }
         }
     };
@@ -219,17 +241,39 @@ pub(crate) fn narrow(
         force_usage(&mut body);
     }
 
-    if body.fields.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Narrowed {
+    let max_output_tokens = max_tokens_bound(|key| body.lookup(key));
+    let narrowed = (!body.fields.is_empty()).then(|| Narrowed {
         body: body.render(),
         fields: body.fields,
-    }))
+    });
+    Ok(NarrowOutcome {
+        narrowed,
+        max_output_tokens,
+    })
 }
 
 /// Top-level token-limit fields, in every API's spelling.
 const TOKEN_FIELDS: &[&str] = &["max_tokens", "max_output_tokens", "max_completion_tokens"];
+
+/// Nested token-limit fields: Gemini (both JSON spellings) and Bedrock Converse.
+const NESTED_TOKEN_FIELDS: &[(&str, &str)] = &[
+    ("generationConfig", "maxOutputTokens"),
+    ("generation_config", "max_output_tokens"),
+    ("inferenceConfig", "maxTokens"),
+];
+
+/// The response-token bound a JSON object body names, looked up through `member` (its
+/// top-level members): [`TOKEN_FIELDS`] and [`NESTED_TOKEN_FIELDS`], read as
+/// non-negative integers. When several are given the largest counts, so that a
+/// reservation made from it covers whichever the upstream reads. A field that is not
+/// such an integer (`null`, `"100"`, `1.5`) bounds nothing.
+pub(crate) fn max_tokens_bound<'v>(member: impl Fn(&str) -> Option<&'v Value>) -> Option<u64> {
+    let top = TOKEN_FIELDS.iter().filter_map(|field| member(field));
+    let nested = NESTED_TOKEN_FIELDS
+        .iter()
+        .filter_map(|(outer, inner)| member(outer)?.get(*inner));
+    top.chain(nested).filter_map(Value::as_u64).max()
+}
 
 fn within(value: &Value, limit: u64) -> bool {
     value.as_u64().is_some_and(|n| n <= limit)
@@ -246,12 +290,7 @@ fn clamp_tokens(body: &mut Body<'_>, limit: u64, req: &NarrowRequest<'_>) {
             }
         }
     }
-    // Nested limits: Gemini (both JSON spellings) and Bedrock Converse.
-    for (outer, inner) in [
-        ("generationConfig", "maxOutputTokens"),
-        ("generation_config", "max_output_tokens"),
-        ("inferenceConfig", "maxTokens"),
-    ] {
+    for &(outer, inner) in NESTED_TOKEN_FIELDS {
         if let Some(Value::Object(mut config)) = body.get(outer) {
             if let Some(value) = config.get(inner) {
                 named = true;

@@ -113,6 +113,8 @@ pub enum Reason {
     SecretDetected,
     /// A key from the vault was on its way to a host other than its provider's.
     VaultKeyLeak,
+    /// The route injects a provider key (`inject_key`), and the vault holds none for it.
+    KeyUnavailable,
     /// A narrow route matched (the body may have been rewritten).
     RouteNarrow,
     /// A warn route matched.
@@ -154,6 +156,7 @@ impl Reason {
         Reason::InjectionDetected,
         Reason::SecretDetected,
         Reason::VaultKeyLeak,
+        Reason::KeyUnavailable,
         Reason::RouteNarrow,
         Reason::RouteWarn,
     ];
@@ -193,6 +196,7 @@ impl Reason {
             Reason::InjectionDetected => "injection_detected",
             Reason::SecretDetected => "secret_detected",
             Reason::VaultKeyLeak => "vault_key_leak",
+            Reason::KeyUnavailable => "key_unavailable",
             Reason::RouteNarrow => "route_narrow",
             Reason::RouteWarn => "route_warn",
         }
@@ -264,6 +268,9 @@ impl Reason {
             }
             Reason::VaultKeyLeak => {
                 "The request carries a provider key held by the proxy to a host of another provider, which is always blocked."
+            }
+            Reason::KeyUnavailable => {
+                "The proxy holds no key for this destination in its vault; an operator must add one with `portcullis vault put`."
             }
             Reason::RouteNarrow => "The request is allowed by policy within narrowed bounds.",
             Reason::RouteWarn => "The request is allowed by policy and flagged for review.",

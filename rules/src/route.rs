@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::agent::Agent;
+use crate::budget::BudgetSpec;
 use crate::catalog::{Classification, Operation};
 use crate::detect::Detectors;
 use crate::host::{Host, HostPattern};
@@ -70,6 +71,13 @@ pub struct Route {
     pub allow_plaintext: bool,
     /// SSRF opt-in: resolved addresses in these networks may be dialled for this route.
     pub allow_private: Vec<ipnet::IpNet>,
+    /// The vault slot whose key the proxy injects: a catalog provider id. Only on an
+    /// intercepted allow, narrow or warn route. Use [`Route::key_slot`], which names
+    /// the slot only for a request classified as that provider.
+    pub inject_key: Option<String>,
+    /// The route's budget, besides the tenant's and the agent's. Only on an
+    /// intercepted allow, narrow or warn route.
+    pub budget: Option<BudgetSpec>,
 }
 
 impl Route {
@@ -80,6 +88,14 @@ impl Route {
         self.allow_private
             .iter()
             .any(|net| net.contains(&ip) || net.contains(&canonical))
+    }
+
+    /// The vault slot to inject a key from for this request: the route's `inject_key`,
+    /// when the request was classified as that very provider. A key is never injected
+    /// into a request for another provider, or for a host outside the catalog.
+    pub fn key_slot(&self, class: &Classification) -> Option<&str> {
+        let slot = self.inject_key.as_deref()?;
+        (class.provider.as_deref() == Some(slot)).then_some(slot)
     }
 
     /// Whether the route is scoped to `agent`: by agent id, by tenant, or unscoped.

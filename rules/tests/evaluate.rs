@@ -749,3 +749,124 @@ fn the_scanner_redactor_and_evaluation_can_cross_threads() {
     assert_send_sync::<Evaluation>();
     assert_send::<portcullis_rules::Redactor>();
 }
+
+// ---- the response-token bound a budget reserves ----------------------------------------
+
+const PROVIDERS_ALLOWED: &str = r#"
+[[routes]]
+id = "open"
+hosts = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+action = "allow"
+"#;
+
+#[test]
+fn max_output_tokens_reads_each_apis_bound_field() {
+    let p = policy(PROVIDERS_ALLOWED);
+    let cases: &[(&str, &str, &str, u64)] = &[
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            r#"{"model": "gpt-4o", "messages": [], "max_tokens": 300}"#,
+            300,
+        ),
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            r#"{"model": "o3", "messages": [], "max_completion_tokens": 4000}"#,
+            4000,
+        ),
+        (
+            "api.openai.com",
+            "/v1/responses",
+            r#"{"model": "gpt-4.1", "input": "hi", "max_output_tokens": 777}"#,
+            777,
+        ),
+        (
+            "api.anthropic.com",
+            "/v1/messages",
+            r#"{"model": "claude-sonnet-4", "max_tokens": 1024, "messages": []}"#,
+            1024,
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            r#"{"contents": [], "generationConfig": {"temperature": 0.1, "maxOutputTokens": 8192}}"#,
+            8192,
+        ),
+    ];
+    for &(host, path, body, want) in cases {
+        let e = eval(&p, &Req::post(host, path, body));
+        assert_eq!(e.decision.action, Action::Allow, "{host}{path}");
+        assert_eq!(e.max_output_tokens, Some(want), "{host}{path}: {body}");
+    }
+}
+
+#[test]
+fn max_output_tokens_is_none_without_an_integer_bound() {
+    let p = policy(PROVIDERS_ALLOWED);
+    for body in [
+        r#"{"model": "gpt-4o", "messages": []}"#,
+        r#"{"model": "gpt-4o", "max_tokens": null}"#,
+        r#"{"model": "gpt-4o", "max_tokens": "300"}"#,
+        r#"{"model": "gpt-4o", "max_tokens": -1}"#,
+        r#"[{"max_tokens": 300}]"#,
+        "max_tokens=300",
+    ] {
+        let e = eval(&p, &Req::chat(body));
+        assert_eq!(e.decision.action, Action::Allow, "{body}");
+        assert_eq!(e.max_output_tokens, None, "{body}");
+    }
+}
+
+#[test]
+fn max_output_tokens_takes_the_largest_of_several_bounds() {
+    let p = policy(PROVIDERS_ALLOWED);
+    let e = eval(
+        &p,
+        &Req::chat(r#"{"model": "gpt-4o", "max_tokens": 100, "max_completion_tokens": 900}"#),
+    );
+    assert_eq!(e.max_output_tokens, Some(900));
+}
+
+#[test]
+fn max_output_tokens_after_narrowing_is_the_clamped_value() {
+    let p = policy(NARROW_ROUTE);
+    // Above the bound: clamped.
+    let e = eval(
+        &p,
+        &Req::chat(r#"{"model": "gpt-4o-mini", "messages": [], "max_tokens": 100000}"#),
+    );
+    assert_eq!(e.decision.action, Action::Narrow);
+    assert_eq!(e.max_output_tokens, Some(2048));
+    // Within the bound: kept.
+    let e = eval(
+        &p,
+        &Req::chat(r#"{"model": "gpt-4o-mini", "messages": [], "max_tokens": 500}"#),
+    );
+    assert!(e.narrowed.is_none());
+    assert_eq!(e.max_output_tokens, Some(500));
+    // None given: the one narrowing added.
+    let e = eval(
+        &p,
+        &Req::chat(r#"{"model": "gpt-4o-mini", "messages": []}"#),
+    );
+    assert_eq!(e.max_output_tokens, Some(2048));
+    // Gemini's nested field, clamped.
+    let e = eval(
+        &p,
+        &Req::post(
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            r#"{"contents": [], "generationConfig": {"maxOutputTokens": 65536}}"#,
+        ),
+    );
+    assert_eq!(e.max_output_tokens, Some(2048));
+}
+
+#[test]
+fn max_output_tokens_is_none_for_a_denied_request() {
+    let p = policy("");
+    let e = eval(&p, &Req::chat(r#"{"model": "gpt-4o", "max_tokens": 300}"#));
+    assert_eq!(e.decision.action, Action::Deny);
+    assert_eq!(e.max_output_tokens, None);
+}

@@ -1026,7 +1026,7 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
             "{code}: {message}"
         );
     }
-    assert_eq!(Reason::ALL.len(), 34);
+    assert_eq!(Reason::ALL.len(), 35);
     assert_eq!(Reason::BudgetExceeded.code(), "budget_exceeded");
     assert_eq!(Reason::ApprovalTimeout.code(), "approval_timeout");
     assert_eq!(Reason::BodyUnparseable.code(), "body_unparseable");
@@ -1037,6 +1037,7 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
     assert_eq!(Reason::InjectionDetected.code(), "injection_detected");
     assert_eq!(Reason::SecretDetected.code(), "secret_detected");
     assert_eq!(Reason::VaultKeyLeak.code(), "vault_key_leak");
+    assert_eq!(Reason::KeyUnavailable.code(), "key_unavailable");
     assert_eq!(Reason::RouteNarrow.code(), "route_narrow");
     assert_eq!(Reason::RouteWarn.code(), "route_warn");
     assert_eq!(Reason::UpstreamConnect.code(), "upstream_connect_failed");

@@ -49,6 +49,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where the ledger is written.
     pub ledger: LedgerConfig,
+    /// Where the provider key vault lives.
+    pub vault: VaultConfig,
     /// Tenants, agents and routes.
     pub policy: Arc<Policy>,
 }
@@ -174,6 +176,26 @@ impl Default for LedgerConfig {
             checkpoint_interval: Duration::from_secs(1),
             segment_max_bytes: 64 * 1024 * 1024,
             replica_id: "default".to_owned(),
+        }
+    }
+}
+
+/// `[vault]`: the encrypted store of provider keys that routes inject (`inject_key`).
+/// The proxy reads the files; this crate only says where they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// The vault file. Default `.portcullis/vault.json`.
+    pub path: PathBuf,
+    /// The file holding the master key that encrypts the vault. `None` (the default):
+    /// the proxy decides where the master key comes from.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            path: PathBuf::from(".portcullis/vault.json"),
+            master_key_file: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) ledger: Option<RawLedger>,
     pub(super) upstream: Option<RawUpstream>,
     pub(super) limits: Option<RawLimits>,
+    pub(super) vault: Option<RawVault>,
     #[serde(default)]
     pub(super) tenants: Vec<S<RawTenant>>,
     #[serde(default)]
@@ -90,8 +91,16 @@ pub(super) struct RawLimits {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawVault {
+    pub(super) path: Option<S<String>>,
+    pub(super) master_key_file: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawTenant {
     pub(super) id: Option<S<String>>,
+    pub(super) budget: Option<S<RawBudget>>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +109,7 @@ pub(super) struct RawAgent {
     pub(super) id: Option<S<String>>,
     pub(super) tenant: Option<S<String>>,
     pub(super) token_sha256: Option<S<String>>,
+    pub(super) budget: Option<S<RawBudget>>,
 }
 
 #[derive(Deserialize)]
@@ -122,9 +132,17 @@ pub(super) struct RawRoute {
     pub(super) providers: Option<S<Vec<S<String>>>>,
     pub(super) detectors: Option<S<RawDetectors>>,
     pub(super) narrow: Option<S<RawNarrow>>,
-    // SPEC §4.1 keys that later versions implement. Accepted here only to say so clearly.
-    pub(super) inject_key: Option<S<toml::Value>>,
-    pub(super) budget: Option<S<toml::Value>>,
+    pub(super) inject_key: Option<S<String>>,
+    pub(super) budget: Option<S<RawBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub(super) tokens_per_day: Option<S<i64>>,
+    pub(super) requests_per_minute: Option<S<i64>>,
+    pub(super) default_reserve: Option<S<i64>>,
+    pub(super) hard_cap: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

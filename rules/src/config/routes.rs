@@ -8,7 +8,7 @@ use crate::catalog::{
     builtin_provider_ids, ApiStyle, KeyInjection, ModelSource, Provider, ProviderHost,
 };
 use crate::detect::{DetectorMode, Detectors};
-use crate::host::HostPattern;
+use crate::host::{Host, HostPattern};
 use crate::narrow::NarrowSpec;
 use crate::reason::Action;
 use crate::route::{Mode, ModelPattern, PathPattern, Route};
@@ -38,17 +38,6 @@ impl Errors<'_> {
             }
             Some(id) => self.new_id("route", id, seen).unwrap_or_default(),
         };
-
-        for (key, value) in [("inject_key", &raw.inject_key), ("budget", &raw.budget)] {
-            if let Some(value) = value {
-                self.at(
-                    &value.span(),
-                    format!(
-                        "`{key}` is not supported yet by this version of Portcullis; remove it"
-                    ),
-                );
-            }
-        }
 
         if let (Some(t), Some(_)) = (&raw.tenants, &raw.agents) {
             self.at(
@@ -84,6 +73,15 @@ impl Errors<'_> {
         });
         let detectors = self.route_detectors(raw.detectors.as_ref());
         let narrow = self.route_narrow(raw.narrow.as_ref(), raw.action.as_ref(), action, &models);
+        let inject_key = self.route_inject_key(
+            raw.inject_key.as_ref(),
+            action,
+            mode,
+            &hosts,
+            &providers,
+            known,
+        );
+        let budget = self.budget(raw.budget.as_ref());
 
         if mode == Mode::Passthrough {
             let spans = [
@@ -93,6 +91,7 @@ impl Errors<'_> {
                 ("operations", raw.operations.as_ref().map(Spanned::span)),
                 ("detectors", raw.detectors.as_ref().map(Spanned::span)),
                 ("narrow", raw.narrow.as_ref().map(Spanned::span)),
+                ("budget", raw.budget.as_ref().map(Spanned::span)),
             ];
             for (key, span) in spans {
                 if let Some(span) = span {
@@ -108,6 +107,12 @@ impl Errors<'_> {
                 self.at(
                     &raw_detectors.span(),
                     "a deny route refuses every request it matches, so `detectors` has nothing to do; remove it, or use action = \"allow\"",
+                );
+            }
+            if let Some(raw_budget) = &raw.budget {
+                self.at(
+                    &raw_budget.span(),
+                    "a deny route forwards nothing, so a `budget` on it has nothing to count; remove it, or put it on the allow route",
                 );
             }
         }
@@ -148,7 +153,82 @@ impl Errors<'_> {
             websocket: raw.websocket.unwrap_or(false),
             allow_plaintext,
             allow_private,
+            inject_key,
+            budget,
         }
+    }
+
+    /// `inject_key = "openai"`: a catalog provider id naming the vault slot. Only on an
+    /// intercepted route that forwards, and only where requests go to that provider.
+    pub(super) fn route_inject_key(
+        &mut self,
+        raw: Option<&S<String>>,
+        action: Action,
+        mode: Mode,
+        hosts: &[HostPattern],
+        providers: &[String],
+        known: &Known<'_>,
+    ) -> Option<String> {
+        let raw = raw?;
+        let span = raw.span();
+        let id = raw.get_ref();
+        if !known.providers.contains(id) {
+            self.at(
+                &span,
+                format!(
+                    "inject_key `{id}` is not a catalog provider; it names the vault slot, which is a provider id: {}, or a [[providers]] id",
+                    known.providers.order().join(", ")
+                ),
+            );
+            return None;
+        }
+        if action == Action::Deny {
+            self.at(
+                &span,
+                "a deny route forwards nothing, so there is no request to inject a key into; remove `inject_key`, or put it on the allow route",
+            );
+            return None;
+        }
+        if mode == Mode::Passthrough {
+            self.at(
+                &span,
+                "a passthrough route splices the TLS tunnel, so the proxy never sees the request headers a key goes in; remove `inject_key`, or use mode = \"intercept\"",
+            );
+            return None;
+        }
+        if !providers.is_empty() && !providers.contains(id) {
+            self.at(
+                &span,
+                format!("inject_key `{id}` is not in this route's `providers`, so its key would go to another provider; add it to `providers`, or name one of them"),
+            );
+            return None;
+        }
+        // The key must only ever reach its own provider: a named host that belongs to
+        // another provider (or to none) is refused here; wildcard hosts are checked
+        // per request ([`Route::key_slot`]).
+        for host in hosts {
+            let host = match host {
+                HostPattern::Exact(name) => Host::Name(name.clone()),
+                HostPattern::Ip(ip) => Host::Ip(*ip),
+                HostPattern::Wildcard(_) => continue,
+            };
+            let owner = known.catalog.provider_for(&host).map(|p| p.id.as_str());
+            if owner != Some(id.as_str()) {
+                let whose = match owner {
+                    Some(other) => format!("a host of provider `{other}`"),
+                    None => "outside the provider catalog".to_owned(),
+                };
+                self.at(
+                    &span,
+                    format!("inject_key `{id}` would send the `{id}` key to {host}, which is {whose}; move that host to a route of its own, or declare it in a [[providers]] entry"),
+                );
+                return None;
+            }
+        }
+        // A `[[providers]]` entry that failed validation is not in the catalog; its own
+        // error is reported already. Every valid entry has a key injection (its
+        // `auth_header` and `auth_format` have defaults).
+        Some(id.clone())
     }
 
     pub(super) fn route_hosts(

@@ -43,6 +43,7 @@ pub(super) const ROOT: Table = Table {
         ("ledger", T(&LEDGER)),
         ("upstream", T(&UPSTREAM)),
         ("limits", T(&LIMITS)),
+        ("vault", T(&VAULT)),
         ("tenants", Ts(&TENANT)),
         ("agents", Ts(&AGENT)),
         ("routes", Ts(&ROUTE)),
@@ -108,14 +109,24 @@ const LIMITS: Table = Table {
     ],
 };
 
+const VAULT: Table = Table {
+    name: "[vault]",
+    keys: &[("path", V), ("master_key_file", V)],
+};
+
 const TENANT: Table = Table {
     name: "a [[tenants]] entry",
-    keys: &[("id", V)],
+    keys: &[("id", V), ("budget", T(&BUDGET))],
 };
 
 const AGENT: Table = Table {
     name: "an [[agents]] entry",
-    keys: &[("id", V), ("tenant", V), ("token_sha256", V)],
+    keys: &[
+        ("id", V),
+        ("tenant", V),
+        ("token_sha256", V),
+        ("budget", T(&BUDGET)),
+    ],
 };
 
 const ROUTE: Table = Table {
@@ -139,7 +150,17 @@ const ROUTE: Table = Table {
         ("detectors", T(&DETECTORS)),
         ("narrow", T(&NARROW)),
         ("inject_key", V),
-        ("budget", V),
+        ("budget", T(&BUDGET)),
+    ],
+};
+
+const BUDGET: Table = Table {
+    name: "a `budget` table",
+    keys: &[
+        ("tokens_per_day", V),
+        ("requests_per_minute", V),
+        ("default_reserve", V),
+        ("hard_cap", V),
     ],
 };
 

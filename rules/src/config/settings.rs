@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawAdmin, RawCa, RawDuration, RawLedger, RawLimits, RawListener, RawUpstream, S};
+use super::raw::{
+    RawAdmin, RawCa, RawDuration, RawLedger, RawLimits, RawListener, RawUpstream, RawVault, S,
+};
 use super::validate::{Errors, OrderedIds, Seen};
 use super::values::{parse_bind, parse_duration, validate_id};
 use super::{
     AdminConfig, CaConfig, LedgerConfig, LedgerSync, Limits, ListenerAuth, ListenerConfig,
-    ListenerMode, ResolveEntry, UpstreamConfig,
+    ListenerMode, ResolveEntry, UpstreamConfig, VaultConfig,
 };
 
 impl Errors<'_> {
@@ -299,6 +301,29 @@ impl Errors<'_> {
             limits.shutdown_grace = value;
         }
         limits
+    }
+
+    pub(super) fn vault(&mut self, raw: Option<RawVault>) -> VaultConfig {
+        let mut vault = VaultConfig::default();
+        let Some(raw) = raw else { return vault };
+        if let Some(path) = self.dir(raw.path) {
+            vault.path = path;
+        }
+        if let Some(raw_key) = raw.master_key_file {
+            let span = raw_key.span();
+            if let Some(file) = self.dir(Some(raw_key)) {
+                // The key kept next to what it encrypts would protect nothing.
+                if file == vault.path {
+                    self.at(
+                        &span,
+                        "master_key_file is the vault file itself; keep the master key in a file of its own",
+                    );
+                } else {
+                    vault.master_key_file = Some(file);
+                }
+            }
+        }
+        vault
     }
 
     pub(super) fn dir(&mut self, raw: Option<S<String>>) -> Option<PathBuf> {

@@ -7,10 +7,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::agent::Agent;
+use crate::budget::BudgetSpec;
 use crate::catalog::Catalog;
 use crate::policy::Policy;
 
-use super::raw::{RawAgent, RawConfig, RawTenant, S};
+use super::raw::{RawAgent, RawBudget, RawConfig, RawTenant, S};
 use super::values::{line_col, parse_token_hash, validate_id};
 use super::{Config, ConfigError, ConfigErrors};
 
@@ -93,13 +94,15 @@ impl Errors<'_> {
 
         // References are checked against every declared id, valid or not, so that one
         // broken agent does not also produce an error at each place that names it.
-        let tenants = self.tenants(raw.tenants);
+        let (tenants, tenant_budgets) = self.tenants(raw.tenants);
         let (agent_ids, agents) = self.agents(raw.agents, &tenants);
         let (provider_ids, providers) = self.providers(raw.providers);
+        let catalog = Catalog::new(providers);
         let known = Known {
             tenants: &tenants,
             agents: &agent_ids,
             providers: &provider_ids,
+            catalog: &catalog,
         };
         let routes = self.routes(raw.routes, &known);
         let admin = self.admin(raw.admin);
@@ -108,6 +111,7 @@ impl Errors<'_> {
         let ledger = self.ledger(raw.ledger);
         let upstream = self.upstream(raw.upstream);
         let limits = self.limits(raw.limits);
+        let vault = self.vault(raw.vault);
 
         let tenants: Vec<String> = tenants.into_keys_in_order();
         Config {
@@ -117,11 +121,13 @@ impl Errors<'_> {
             upstream,
             limits,
             ledger,
+            vault,
             policy: Arc::new(Policy::new(
                 tenants,
+                tenant_budgets,
                 agents,
                 routes,
-                Catalog::new(providers),
+                catalog,
                 self.text,
             )),
         }
@@ -146,21 +152,100 @@ impl Errors<'_> {
         Some(value.clone())
     }
 
-    pub(super) fn tenants(&mut self, raw: Vec<S<RawTenant>>) -> OrderedIds {
+    /// The declared tenant ids, and the budgets of those that have one.
+    pub(super) fn tenants(
+        &mut self,
+        raw: Vec<S<RawTenant>>,
+    ) -> (OrderedIds, HashMap<String, BudgetSpec>) {
         let mut seen = Seen::new();
         let mut ids = OrderedIds::default();
+        let mut budgets = HashMap::new();
         for tenant in raw {
             let span = tenant.span();
-            match &tenant.get_ref().id {
+            let tenant = tenant.into_inner();
+            let budget = self.budget(tenant.budget.as_ref());
+            match &tenant.id {
                 None => self.at_table(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
                 Some(id) => {
                     if let Some(id) = self.new_id("tenant", id, &mut seen) {
+                        if let Some(budget) = budget {
+                            budgets.insert(id.clone(), budget);
+                        }
                         ids.push(id);
                     }
                 }
             }
         }
-        ids
+        (ids, budgets)
+    }
+
+    /// `budget = { tokens_per_day, requests_per_minute, default_reserve, hard_cap }`:
+    /// positive integers, at least one limit, and the token settings only with a token
+    /// limit. `None` when absent or invalid (the error is recorded).
+    pub(super) fn budget(&mut self, raw: Option<&S<RawBudget>>) -> Option<BudgetSpec> {
+        let raw = raw?;
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let errors_before = self.errors.len();
+        let no_limit = raw.tokens_per_day.is_none() && raw.requests_per_minute.is_none();
+        if no_limit {
+            self.at_table(
+                &span,
+                "`budget` sets no limit; give tokens_per_day, requests_per_minute or both, as in `budget = { tokens_per_day = 2_000_000 }`",
+            );
+        }
+        let tokens_per_day: Option<u64> = self.positive(raw.tokens_per_day.clone());
+        let requests_per_minute: Option<u32> = self.positive(raw.requests_per_minute.clone());
+        let default_reserve: Option<u64> = self.positive(raw.default_reserve.clone());
+        let hard_cap: Option<u64> = self.positive(raw.hard_cap.clone());
+        if raw.tokens_per_day.is_none() && !no_limit {
+            for (key, value) in [
+                ("default_reserve", &raw.default_reserve),
+                ("hard_cap", &raw.hard_cap),
+            ] {
+                if let Some(value) = value {
+                    self.at(
+                        &value.span(),
+                        format!("`{key}` is about tokens and needs `tokens_per_day` in the same budget; add it, or remove `{key}`"),
+                    );
+                }
+            }
+        }
+        if let Some(day) = tokens_per_day {
+            let checks = [
+                ("default_reserve", default_reserve, &raw.default_reserve),
+                ("hard_cap", hard_cap, &raw.hard_cap),
+            ];
+            for (key, value, raw_value) in checks {
+                if let (Some(value), Some(raw_value)) = (value, raw_value) {
+                    if value > day {
+                        self.at(
+                            &raw_value.span(),
+                            format!("{key} {value} is above tokens_per_day {day}, so no request could fit; lower it"),
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(reserve), Some(cap), Some(raw_reserve)) =
+            (default_reserve, hard_cap, &raw.default_reserve)
+        {
+            if reserve > cap {
+                self.at(
+                    &raw_reserve.span(),
+                    format!("default_reserve {reserve} is above hard_cap {cap}; a request is never metered past hard_cap, so reserve at most that"),
+                );
+            }
+        }
+        if no_limit || self.errors.len() != errors_before {
+            return None;
+        }
+        Some(BudgetSpec {
+            tokens_per_day,
+            requests_per_minute,
+            default_reserve: default_reserve.unwrap_or(BudgetSpec::DEFAULT_RESERVE),
+            hard_cap,
+        })
     }
 
     pub(super) fn agents(
@@ -202,6 +287,7 @@ impl Errors<'_> {
                 }
                 Some(tenant) => Some(tenant.get_ref().clone()),
             };
+            let budget = self.budget(agent.budget.as_ref());
             let token = match &agent.token_sha256 {
                 None => {
                     self.at_table(&span, "agent needs a `token_sha256` (64 hex characters; `portcullis agent hash-token` prints it)");
@@ -210,7 +296,7 @@ impl Errors<'_> {
                 Some(token) => self.check(&token.span(), parse_token_hash(token.get_ref())),
             };
             if let (Some(id), Some(tenant), Some(token)) = (id, tenant, token) {
-                agents.push(Agent::new(id, tenant, token));
+                agents.push(Agent::new(id, tenant, budget, token));
             }
         }
         (ids, agents)
@@ -222,6 +308,8 @@ pub(super) struct Known<'a> {
     pub(super) tenants: &'a OrderedIds,
     pub(super) agents: &'a OrderedIds,
     pub(super) providers: &'a OrderedIds,
+    /// The catalog built from the valid `[[providers]]` entries and the built-ins.
+    pub(super) catalog: &'a Catalog,
 }
 
 impl Known<'_> {
@@ -252,6 +340,11 @@ impl OrderedIds {
 
     pub(super) fn contains(&self, id: &str) -> bool {
         self.set.contains(id)
+    }
+
+    /// The ids in file order.
+    pub(super) fn order(&self) -> &[String] {
+        &self.order
     }
 
     pub(super) fn into_keys_in_order(self) -> Vec<String> {

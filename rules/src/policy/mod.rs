@@ -12,6 +12,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::agent::Agent;
 use crate::body::BodyView;
+use crate::budget::BudgetSpec;
 use crate::catalog::{Catalog, Classification, Provider};
 use crate::decision::Decision;
 use crate::host::Host;
@@ -26,6 +27,7 @@ use index::HostIndex;
 #[derive(Debug)]
 pub struct Policy {
     tenants: Vec<String>,
+    tenant_budgets: HashMap<String, BudgetSpec>,
     agents: Vec<Agent>,
     agent_index: HashMap<String, usize>,
     routes: Vec<Arc<Route>>,
@@ -42,6 +44,7 @@ impl Policy {
     /// Build from validated parts. `source` is the config text the parts came from.
     pub(crate) fn new(
         tenants: Vec<String>,
+        tenant_budgets: HashMap<String, BudgetSpec>,
         agents: Vec<Agent>,
         routes: Vec<Route>,
         catalog: Catalog,
@@ -56,6 +59,7 @@ impl Policy {
         let index = HostIndex::build(&routes);
         Policy {
             tenants,
+            tenant_budgets,
             agents,
             agent_index,
             routes,
@@ -88,6 +92,11 @@ impl Policy {
     /// The declared tenant ids, in file order.
     pub fn tenants(&self) -> &[String] {
         &self.tenants
+    }
+
+    /// The budget of tenant `tenant`, if its `[[tenants]]` entry has one.
+    pub fn tenant_budget(&self, tenant: &str) -> Option<&BudgetSpec> {
+        self.tenant_budgets.get(tenant)
     }
 
     /// The declared agents, in file order.
