@@ -194,7 +194,7 @@ pub fn status_for(reason: Reason) -> StatusCode {
         | Reason::UpstreamError
         | Reason::ResolveFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Reason::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::LedgerUnavailable | Reason::KeyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -232,6 +232,7 @@ mod tests {
         (Reason::UpstreamError, 502),
         (Reason::ResolveFailed, 502),
         (Reason::LedgerUnavailable, 503),
+        (Reason::KeyUnavailable, 503),
         (Reason::ModelNotAllowed, 403),
         (Reason::OperationNotAllowed, 403),
         (Reason::ProviderNotAllowed, 403),

@@ -8,7 +8,7 @@
 //!
 //! Order matters:
 //! - the vault scan comes first and ignores routes: a vault key on its way to another
-//!   provider's host is always refused (`vault_key_leak`);
+//!   provider's host is always refused (`secret_detected`, with the detector id `vault:<key id>`);
 //! - the body is parsed once, strictly ([`crate::body`]), and every step below reads
 //!   that parse;
 //! - a route that needs the body and cannot inspect it refuses the request as soon as
@@ -165,7 +165,7 @@ impl Policy {
                 }
             });
             if leak {
-                let decision = Decision::new(Action::Deny, Reason::VaultKeyLeak, None);
+                let decision = Decision::new(Action::Deny, Reason::SecretDetected, None);
                 return finish(decision, class, hits, None);
             }
         }

@@ -472,7 +472,7 @@ action = "allow"
         &Req::post("api.anthropic.com", "/v1/messages", &body),
         &vault(),
     );
-    assert_eq!(verdict(&e), (Action::Deny, Reason::VaultKeyLeak, None));
+    assert_eq!(verdict(&e), (Action::Deny, Reason::SecretDetected, None));
     assert_eq!(e.decision.detectors, ["vault:openai-main"]);
 
     // Hidden in a header as base64 (Basic auth) for a non-provider host.
@@ -483,7 +483,7 @@ action = "allow"
     let mut req = Req::post("api.example.com", "/upload", "{}");
     req.headers.push(("authorization", basic.as_bytes()));
     let e = eval_with(&p, &req, &vault());
-    assert_eq!(verdict(&e), (Action::Deny, Reason::VaultKeyLeak, None));
+    assert_eq!(verdict(&e), (Action::Deny, Reason::SecretDetected, None));
 
     // Hex in the query string.
     let hex: String = OPENAI_KEY.bytes().map(|b| format!("{b:02x}")).collect();
@@ -492,7 +492,7 @@ action = "allow"
     req.query = Some(&query);
     assert_eq!(
         verdict(&eval_with(&p, &req, &vault())).1,
-        Reason::VaultKeyLeak
+        Reason::SecretDetected
     );
 
     // To its own provider it is not a leak (the hit is still recorded).

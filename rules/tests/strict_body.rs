@@ -315,7 +315,7 @@ fn an_escaped_vault_key_in_an_unparseable_body_is_still_caught_on_any_route() {
     let e = eval_full("api.example.com", "/upload", &[], body.as_bytes(), &vault);
     assert_eq!(
         (e.decision.action, e.decision.reason),
-        (Action::Deny, Reason::VaultKeyLeak)
+        (Action::Deny, Reason::SecretDetected)
     );
 }
 

@@ -38,15 +38,15 @@ pub fn plan(
     route: &Route,
     bound: &Bound,
 ) -> Result<Option<Injection>, Refusal> {
-    let Some(slot) = route.inject_key.as_deref() else {
+    let Some(wanted) = route.inject_key.as_deref() else {
         return Ok(None);
     };
     let class = rec.classification.as_ref();
     // A key only ever goes to its own provider's hosts.
-    if class.and_then(|c| c.provider.as_deref()) != Some(slot) {
+    let Some(slot) = class.and_then(|c| route.key_slot(c)) else {
         return Err(Refusal::deny(Reason::VaultKeyLeak)
-            .detail(format!("this destination is not a {slot} host")));
-    }
+            .detail(format!("this destination is not a {wanted} host")));
+    };
     let unavailable = |detail: &str| Refusal::deny(Reason::KeyUnavailable).detail(detail.to_owned());
     let Some(format) = class.and_then(|c| c.key_injection.as_ref()) else {
         return Err(unavailable("the catalog has no key header for this provider"));

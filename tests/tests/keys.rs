@@ -1,0 +1,344 @@
+//! Key injection and budgets, end to end (SPEC §8, §9): the agent holds a
+//! dummy key, the origin receives the vault's key; a vault key never leaves
+//! for another host and never reaches a log, the ledger or an error body; the
+//! request that would cross a budget is refused before it leaves.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use portcullis_certs::{MasterKey, Secret, Vault};
+use portcullis_tests::*;
+
+const OPENAI_VAULT_KEY: &str = "sk-proj-VAULTvaultVAULTvault0123456789abcdefXYZ";
+const ANTHROPIC_VAULT_KEY: &str = "sk-ant-api03-VAULTvaultVAULT0123456789abcdefXYZ";
+const DUMMY: &str = "sk-agent-dummy-key-not-a-real-one";
+
+const KEYED_ROUTES: &str = r#"
+[[routes]]
+id = "acme-openai-keyed"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+inject_key = "openai"
+
+[[routes]]
+id = "acme-anthropic-keyed"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.anthropic.com"]
+inject_key = "anthropic"
+
+[vault]
+path = "vault.json"
+"#;
+
+/// A vault in `dir` with the tenant's two provider keys; returns its master key.
+fn make_vault(dir: &std::path::Path) -> String {
+    let master = MasterKey::generate();
+    let mut vault = Vault::create(&dir.join("vault.json"), &master).unwrap();
+    vault
+        .put("acme", "openai", "default", Secret::api_key(OPENAI_VAULT_KEY.as_bytes().to_vec()))
+        .unwrap();
+    vault
+        .put(
+            "acme",
+            "anthropic",
+            "default",
+            Secret::api_key(ANTHROPIC_VAULT_KEY.as_bytes().to_vec()),
+        )
+        .unwrap();
+    master.to_base64().as_str().to_owned()
+}
+
+async fn keyed_proxy(routes: &str) -> (TestProxy, Origin, String) {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let master = make_vault(dir.path());
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), routes);
+    let proxy = TestProxy::start_with_master_key(&cfg, dir, Some(&master)).await;
+    (proxy, origin, master)
+}
+
+fn run_python(proxy: &TestProxy, script: &str) -> (String, String, bool) {
+    let out = Command::new(sdk_python())
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", proxy.dir.path())
+        .env("HTTPS_PROXY", proxy.proxy_url(AGENT, TOKEN))
+        .env("SSL_CERT_FILE", &proxy.ca_pem_path)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_with_a_dummy_key_reach_the_origin_with_the_vault_key() {
+    let (proxy, origin, _) = keyed_proxy(KEYED_ROUTES).await;
+    let script = format!(
+        r#"
+import openai, anthropic
+o = openai.OpenAI(api_key="{DUMMY}", max_retries=0)
+r = o.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+print("openai:", r.choices[0].message.content)
+a = anthropic.Anthropic(api_key="{DUMMY}", max_retries=0)
+m = a.messages.create(model="claude-3-5-haiku-latest", max_tokens=16, messages=[{{"role": "user", "content": "hi"}}])
+print("anthropic:", m.content[0].text)
+"#
+    );
+    let p = proxy.proxy_url(AGENT, TOKEN);
+    let _ = p;
+    let (stdout, stderr, ok) = {
+        let proxy = &proxy;
+        tokio::task::block_in_place(|| run_python(proxy, &script))
+    };
+    assert!(ok, "python failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("openai: Hello from the origin"), "{stdout}");
+    assert!(stdout.contains("anthropic: Hello from the origin"), "{stdout}");
+
+    let seen = origin.seen();
+    let chat = seen.iter().find(|s| s.path == "/v1/chat/completions").unwrap();
+    assert_eq!(
+        chat.headers["authorization"],
+        format!("Bearer {OPENAI_VAULT_KEY}").as_str()
+    );
+    let msgs = seen.iter().find(|s| s.path == "/v1/messages").unwrap();
+    assert_eq!(msgs.headers["x-api-key"], ANTHROPIC_VAULT_KEY);
+    assert!(!msgs.headers.contains_key("authorization"));
+    for s in &seen {
+        for (name, value) in &s.headers {
+            assert!(
+                !String::from_utf8_lossy(value.as_bytes()).contains(DUMMY),
+                "the agent's dummy key reached the origin in {name}"
+            );
+        }
+    }
+
+    // The ledger names the slot and version, never the key.
+    let records = ledger_records(&proxy.ledger_dir);
+    let keyed: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["key_id"].is_string())
+        .collect();
+    assert!(
+        keyed.iter().any(|r| r["key_id"].as_str().unwrap().starts_with("openai/")),
+        "{keyed:?}"
+    );
+    let text = std::fs::read_to_string(proxy.ledger_dir.join("checkpoints.log")).unwrap_or_default();
+    for r in &records {
+        let line = r.to_string();
+        assert!(!line.contains(OPENAI_VAULT_KEY) && !line.contains(ANTHROPIC_VAULT_KEY));
+    }
+    assert!(!text.contains(OPENAI_VAULT_KEY));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_vault_key_sent_to_another_host_is_blocked_in_every_encoding() {
+    use base64::Engine;
+    let (proxy, origin, _) = keyed_proxy(KEYED_ROUTES).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(OPENAI_VAULT_KEY);
+    let hex = hex::encode(OPENAI_VAULT_KEY);
+    let cases: Vec<(String, String)> = vec![
+        // The openai key, in the body, to the anthropic host.
+        (
+            "/v1/messages".into(),
+            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{OPENAI_VAULT_KEY}"}}]}}"#),
+        ),
+        (
+            "/v1/messages".into(),
+            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{b64}"}}]}}"#),
+        ),
+        (
+            "/v1/messages".into(),
+            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{hex}"}}]}}"#),
+        ),
+        (
+            format!("/v1/messages?note={}", OPENAI_VAULT_KEY.replace('-', "%2D")),
+            r#"{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[]}"#.into(),
+        ),
+    ];
+    for (path, body) in cases {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: api.anthropic.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let resp = proxy.h1_request("api.anthropic.com:443", &raw).await;
+        assert_eq!(resp.status, 403, "{path} {body}: {}", resp.body);
+        assert_eq!(resp.error_code(), "secret_detected", "{path}");
+        assert!(!resp.body.contains(OPENAI_VAULT_KEY));
+    }
+    // In a header.
+    let raw = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\nx-note: {b64}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    let resp = proxy.h1_request("api.anthropic.com:443", &raw).await;
+    assert_eq!(resp.error_code(), "secret_detected");
+    assert!(
+        origin.seen().iter().all(|s| s.path != "/v1/messages"),
+        "a leaking request reached the origin"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_master_key_stops_the_proxy_from_starting() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    make_vault(dir.path());
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), KEYED_ROUTES);
+    let config = portcullis_rules::parse_config("t.toml", &cfg).unwrap();
+    let missing = portcullis::start(portcullis::Settings {
+        config: config.clone(),
+        base_dir: dir.path().to_path_buf(),
+        config_path: None,
+        master_key: None,
+    })
+    .await;
+    let Err(e) = missing else {
+        panic!("started without a master key")
+    };
+    assert!(e.to_string().contains("PORTCULLIS_MASTER_KEY"), "{e}");
+    let wrong = MasterKey::generate().to_base64().as_str().to_owned();
+    let started = portcullis::start(portcullis::Settings {
+        config,
+        base_dir: dir.path().to_path_buf(),
+        config_path: None,
+        master_key: Some(zeroize::Zeroizing::new(wrong)),
+    })
+    .await;
+    let Err(e) = started else {
+        panic!("started with the wrong master key")
+    };
+    assert!(e.to_string().to_lowercase().contains("master key"), "{e}");
+}
+
+#[tokio::test]
+async fn requests_past_a_budget_that_fits_ten_are_refused_up_front_with_retry_after() {
+    let routes = r#"
+[[routes]]
+id = "acme-openai-budget"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+budget = { tokens_per_day = 1000, default_reserve = 100 }
+"#;
+    let (proxy, _origin, _pki) = TestProxy::with_origin(routes).await;
+    // The origin answers this path with no usage, so each admitted request
+    // keeps its 100-token reservation: exactly ten fit.
+    let raw = "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nconnection: close\r\n\r\n".to_owned();
+    let mut tasks = Vec::new();
+    let proxy = std::sync::Arc::new(proxy);
+    for _ in 0..50 {
+        let (p, raw) = (proxy.clone(), raw.clone());
+        tasks.push(tokio::spawn(async move {
+            p.h1_request("api.openai.com:443", &raw).await
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(r.error_code(), "budget_exceeded");
+                let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!(after > 0 && after <= 86_400, "{after}");
+            }
+            s => panic!("unexpected status {s}: {}", r.body),
+        }
+    }
+    assert_eq!(ok, 10, "{ok} admitted, {refused} refused");
+    assert_eq!(refused, 40);
+}
+
+#[tokio::test]
+async fn a_request_rate_limit_refuses_with_429_rate_limited() {
+    let routes = r#"
+[[routes]]
+id = "acme-openai-rpm"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+budget = { requests_per_minute = 2 }
+"#;
+    let (proxy, _origin, _pki) = TestProxy::with_origin(routes).await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(proxy.h1_request("api.openai.com:443", &raw).await);
+    }
+    assert_eq!(statuses[0].status, 200);
+    assert_eq!(statuses[1].status, 200);
+    // Unless the minute turned over between the requests.
+    if statuses[2].status == 429 {
+        assert_eq!(statuses[2].error_code(), "rate_limited");
+        let after: u64 = statuses[2].header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&after));
+    } else {
+        assert_eq!(statuses[2].status, 200);
+    }
+    proxy.shutdown().await;
+}
+
+#[test]
+fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v.json");
+    let master = Command::new(portcullis_bin())
+        .args(["vault", "gen-master-key"])
+        .output()
+        .unwrap();
+    assert!(master.status.success());
+    let master = String::from_utf8(master.stdout).unwrap().trim().to_owned();
+    let mut put = Command::new(portcullis_bin())
+        .args(["vault", "put", "acme", "openai", "--file"])
+        .arg(&file)
+        .env("PORTCULLIS_MASTER_KEY", &master)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        put.stdin.take().unwrap().write_all(OPENAI_VAULT_KEY.as_bytes()).unwrap();
+    }
+    let out = put.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = Command::new(portcullis_bin())
+        .args(["vault", "list", "--file"])
+        .arg(&file)
+        .env("PORTCULLIS_MASTER_KEY", &master)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("…XYZ") || text.contains(&OPENAI_VAULT_KEY[OPENAI_VAULT_KEY.len() - 4..]), "{text}");
+    assert!(!text.contains(&OPENAI_VAULT_KEY[..12]), "{text}");
+    let on_disk = std::fs::read_to_string(&file).unwrap();
+    assert!(!on_disk.contains(OPENAI_VAULT_KEY));
+    // Without the master key: a clear error, exit non-zero.
+    let no_key = Command::new(portcullis_bin())
+        .args(["vault", "list", "--file"])
+        .arg(&file)
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!no_key.status.success());
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("PORTCULLIS_MASTER_KEY"));
+}
