@@ -57,6 +57,15 @@ impl Usage {
             output: header_count(headers, "x-amzn-bedrock-output-token-count"),
         }
     }
+
+    /// Each field from `self`, else from `fallback`: for Bedrock `invoke`,
+    /// the headers first, then what the model's body said.
+    pub fn or(self, fallback: Usage) -> Usage {
+        Usage {
+            input: self.input.or(fallback.input),
+            output: self.output.or(fallback.output),
+        }
+    }
 }
 
 fn header_count(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -1482,6 +1491,8 @@ mod tests {
             Usage::from_bedrock_headers(&HeaderMap::new()),
             Usage::default()
         );
+        let body = usage(20, 251);
+        assert_eq!(Usage::from_bedrock_headers(&h).or(body), usage(19, 251));
     }
 
     #[test]
@@ -1554,34 +1565,31 @@ mod tests {
     #[test]
     fn sse_event_over_cap_is_skipped_and_later_events_count() {
         let pad = "x".repeat(MAX_EVENT);
+        // The usage comes before the padding, so the tokenizer has counted
+        // it by the time the event passes the cap: only the commit rule
+        // keeps it out.
         let big = format!(
             "data: {{\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}},\"pad\":\"{pad}\"}}\n\n"
         );
         let small =
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\n";
-        let later = format!("{big}{small}data: [DONE]\n\n");
-        for chunks in [
-            later.as_bytes().chunks(usize::MAX),
-            later.as_bytes().chunks(4093),
-        ] {
-            let chunks: Vec<&[u8]> = chunks.collect();
-            assert_eq!(meter(ApiStyle::OpenAi, SSE, &chunks), usage(5, 6));
+        let cases = [
+            (format!("{big}{small}data: [DONE]\n\n"), usage(5, 6)),
+            (format!("{small}{big}"), usage(5, 6)),
+            (big.clone(), Usage::default()),
+        ];
+        for (body, want) in cases {
+            for size in [usize::MAX, 4093, 64] {
+                let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
+                assert_eq!(meter(ApiStyle::OpenAi, SSE, &chunks), want, "{size}");
+            }
         }
-        let earlier = format!("{small}{big}");
-        assert_eq!(
-            meter(ApiStyle::OpenAi, SSE, &[earlier.as_bytes()]),
-            usage(5, 6)
-        );
-        assert_eq!(
-            meter(ApiStyle::OpenAi, SSE, &[big.as_bytes()]),
-            Usage::default()
-        );
     }
 
     #[test]
     fn sse_multi_line_data_and_comments_are_read() {
         let body = ": ping\ndata: {\"usage\":\ndata:{\"prompt_tokens\":4,\ndata: \"completion_tokens\":5}}\nid: 7\n\n";
-        assert_meters(ApiStyle::OpenAi, SSE, body.as_bytes(), usage(4, 5));
+        assert_meters_sse(ApiStyle::OpenAi, body.as_bytes(), usage(4, 5));
     }
 
     #[test]
