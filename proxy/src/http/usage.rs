@@ -12,7 +12,7 @@
 //! across chunks. So nothing is buffered whole:
 //!
 //! - the framing (plain JSON, SSE, AWS event-stream) is a byte state machine;
-//! - JSON is read by a small streaming tokenizer ([`Scanner`]) that tracks
+//! - JSON is read by a small streaming tokenizer (`Scanner`) that tracks
 //!   depth, strings and escapes, and knows the path of keys to the value it
 //!   is in. It looks only at integers found at a few exact paths from the
 //!   root (`usage.prompt_tokens`, `message.usage.input_tokens`, …), so a
