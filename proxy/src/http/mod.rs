@@ -6,6 +6,7 @@ pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod relay;
+pub mod usage;
 
 /// Serves a hyper connection until it ends. When `$drain` fires, it stops
 /// taking new requests and lets those in flight finish; when `$close` fires,
