@@ -26,9 +26,6 @@
 //! Upstream bytes are untrusted: nothing here can panic, and malformed input
 //! just yields fields of `None`.
 
-// wired into the send phase by the budgets work
-#![allow(dead_code)]
-
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use http::HeaderMap;

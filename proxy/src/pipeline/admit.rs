@@ -46,6 +46,14 @@ pub async fn destination(
     }
 }
 
+/// What the budgets admitted: the reservation to settle, and the tightest
+/// hard cap on output tokens among them.
+#[derive(Default)]
+pub struct Admitted {
+    pub hold: Option<Hold>,
+    pub hard_cap: Option<u64>,
+}
+
 /// Reserves the request's token estimate in every budget that covers it:
 /// its tenant's, its agent's and its route's.
 pub async fn budgets(
@@ -55,7 +63,7 @@ pub async fn budgets(
     bound: &Bound,
     route: &Route,
     max_output_tokens: Option<u64>,
-) -> Result<Option<Hold>, Refusal> {
+) -> Result<Admitted, Refusal> {
     let tenant = bound.who.tenant.as_str();
     let agent = snap.policy.agent(&bound.who.agent);
     let scopes: [(Scope, &str, Option<&BudgetSpec>); 3] = [
@@ -67,6 +75,10 @@ pub async fn budgets(
         ),
         (Scope::Route, route.id.as_str(), route.budget.as_ref()),
     ];
+    let hard_cap = scopes
+        .iter()
+        .filter_map(|(_, _, spec)| spec.and_then(|s| s.hard_cap))
+        .min();
     let asks: Vec<Ask> = scopes
         .into_iter()
         .filter_map(|(scope, id, spec)| {
@@ -81,10 +93,13 @@ pub async fn budgets(
         })
         .collect();
     if asks.is_empty() {
-        return Ok(None);
+        return Ok(Admitted::default());
     }
     match ctx.budgets.reserve(&asks).await {
-        Ok(Ok(reservation)) => Ok(Some(Hold::new(Arc::clone(&ctx.budgets), reservation))),
+        Ok(Ok(reservation)) => Ok(Admitted {
+            hold: Some(Hold::new(Arc::clone(&ctx.budgets), reservation)),
+            hard_cap,
+        }),
         Ok(Err(refused)) => {
             let reason = if refused.tokens {
                 Reason::BudgetExceeded

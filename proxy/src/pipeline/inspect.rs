@@ -7,7 +7,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use portcullis_rules::{Decision, Inspection, Reason, RequestFacts};
+use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 
 use super::bind::Bound;
 use crate::ctx::Ctx;
@@ -27,6 +27,8 @@ pub struct Inspected {
     /// The request's own bound on output tokens (after narrowing), for the
     /// budget reservation.
     pub max_output_tokens: Option<u64>,
+    /// The provider's API style, for reading token usage from the response.
+    pub api_style: Option<ApiStyle>,
 }
 
 pub async fn inspect(
@@ -82,6 +84,12 @@ pub async fn inspect(
     rec.decision = evaluation.decision;
     rec.classification = Some(evaluation.classification);
     let max_output_tokens = evaluation.max_output_tokens;
+    let api_style = rec
+        .classification
+        .as_ref()
+        .and_then(|c| c.provider.as_deref())
+        .and_then(|p| snap.policy.provider(p))
+        .map(|p| p.api);
     // A narrowed body replaces the original; otherwise the inspected bytes
     // are replayed ahead of whatever was not read.
     let body: ProxyBody = match (evaluation.narrowed, read.rest) {
@@ -97,5 +105,6 @@ pub async fn inspect(
         body,
         client_upgrade,
         max_output_tokens,
+        api_style,
     })
 }

@@ -58,7 +58,8 @@ async fn run(
     // (the checked addresses are the only ones the dial may use); then the
     // token estimate reserved in every budget that covers the request.
     let dest = admit::destination(ctx, rec, &bound, &route).await?;
-    let hold = admit::budgets(ctx, snap, rec, &bound, &route, inspected.max_output_tokens).await?;
+    let admitted =
+        admit::budgets(ctx, snap, rec, &bound, &route, inspected.max_output_tokens).await?;
     // inject (choose): the vault key for this tenant and provider; the record
     // names it. No key on an injecting route means no request.
     let injection = inject::plan(&ctx.keys, rec, &route, &bound)?;
@@ -73,5 +74,5 @@ async fn run(
     }
     // act (allow | warn | narrow) and send: the (possibly narrowed) request goes
     // upstream and streams back, redacted and metered, under the outcome guard.
-    send::send(ctx, flow, rec, bound, dest, inspected, hold).await
+    send::send(ctx, flow, rec, bound, dest, inspected, admitted).await
 }

@@ -8,19 +8,20 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use portcullis_rules::{Decision, Reason, Redactor, Route};
+use portcullis_rules::{ApiStyle, Reason, Redactor};
 use tracing::Instrument;
 
+use super::admit::Admitted;
 use super::bind::Bound;
 use super::inspect::Inspected;
 use crate::ctx::Ctx;
 use crate::flow::Flow;
 use crate::flow::Phase;
-use crate::http::body::{empty, End, Metered, ProxyBody, Redacting};
+use crate::http::body::{empty, End, Metered, ProxyBody, Redacting, Tap};
+use crate::http::usage::{Usage, UsageMeter};
 use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
 use crate::http::relay::relay;
 use crate::record::{OutcomeGuard, RequestRecord};
-use crate::state::Hold;
 use crate::rescue::Refusal;
 use crate::upstream::{find_connect_error, Checked, ConnectError};
 
@@ -35,14 +36,15 @@ pub async fn send(
     bound: Bound,
     dest: Checked,
     inspected: Inspected,
-    hold: Option<Hold>,
+    admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase);
-    guard.hold(hold);
+    guard.hold(admitted.hold);
     let Inspected {
         mut parts,
         body,
         client_upgrade,
+        api_style,
         ..
     } = inspected;
     let websocket = client_upgrade.is_some();
@@ -88,16 +90,63 @@ pub async fn send(
     }
     let (mut parts, body) = resp.into_parts();
     scrub_response_headers(&mut parts.headers, false, &rec.event_id);
+    // The meter reads the upstream's own bytes as they pass (before redaction);
+    // Bedrock may also report usage in headers.
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let tap = UsageTap {
+        meter: api_style.map(|s| UsageMeter::new(s, content_type)),
+        header_usage: match api_style {
+            Some(ApiStyle::Bedrock) => Usage::from_bedrock_headers(&parts.headers),
+            _ => Usage::default(),
+        },
+        hard_cap: admitted.hard_cap,
+    };
+    // Stream back unbuffered; the outcome (with the tokens) is written however
+    // the stream ends.
+    let metered = Metered::tapped(body, tap, move |bytes_out, end, mut tap| {
+        let usage = tap.finish();
+        guard.usage(usage.input, usage.output);
+        guard.finish(bytes_out, end);
+    });
     // Text responses are redacted on the way (SPEC §6); the length may change.
     let body: ProxyBody = if redactable(&parts.headers) {
         parts.headers.remove(http::header::CONTENT_LENGTH);
-        Redacting::new(body, Redactor::new(&ctx.vault)).boxed_unsync()
+        Redacting::new(metered, Redactor::new(&ctx.vault)).boxed_unsync()
     } else {
-        body.map_err(Into::into).boxed_unsync()
+        metered.boxed_unsync()
     };
-    // Stream back unbuffered; the outcome is written however the stream ends.
-    let metered = Metered::new(body, move |bytes_out, end| guard.finish(bytes_out, end));
-    Ok(Response::from_parts(parts, metered.boxed_unsync()))
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Token usage, read from the response as it streams (SPEC §8).
+struct UsageTap {
+    meter: Option<UsageMeter>,
+    header_usage: Usage,
+    /// Past this many metered output tokens the stream is cut.
+    hard_cap: Option<u64>,
+}
+
+impl UsageTap {
+    fn finish(&mut self) -> Usage {
+        let body = self.meter.as_mut().map(UsageMeter::finish).unwrap_or_default();
+        self.header_usage.or(body)
+    }
+}
+
+impl Tap for UsageTap {
+    fn chunk(&mut self, data: &[u8]) -> bool {
+        let Some(meter) = self.meter.as_mut() else {
+            return true;
+        };
+        meter.push(data);
+        match (self.hard_cap, meter.so_far().output) {
+            (Some(cap), Some(out)) => out <= cap,
+            _ => true,
+        }
+    }
 }
 
 /// The upstream failed before answering: the outcome says so, and the client
