@@ -58,7 +58,11 @@ mod cache;
 mod error;
 mod host;
 mod store;
+pub mod vault;
 
 pub use ca::{CertificateAuthority, MintedLeaf};
 pub use cache::{CacheOptions, CacheStats, LeafCache};
 pub use error::CaError;
+pub use vault::{
+    EntryInfo, KeyId, MasterKey, Secret, SecretKind, Vault, VaultError, MASTER_KEY_ENV,
+};
