@@ -25,7 +25,11 @@ impl Keys {
     /// Opens the vault at `path` with the master key from `PORTCULLIS_MASTER_KEY`
     /// (`env`) or `key_file`. Any failure is an error: the proxy must not start
     /// with keys it cannot read.
-    pub fn open(path: &Path, env: Option<&str>, key_file: Option<&Path>) -> Result<Keys, VaultError> {
+    pub fn open(
+        path: &Path,
+        env: Option<&str>,
+        key_file: Option<&Path>,
+    ) -> Result<Keys, VaultError> {
         let master = MasterKey::from_env_or_file(env, key_file)?;
         Ok(Keys {
             vault: Some(Vault::open(path, &master)?),
@@ -45,7 +49,11 @@ impl Keys {
         let mut values: Vec<(String, String, Vec<u8>)> = vault
             .values()
             .map(|(tenant, provider, key_id, value)| {
-                (format!("{tenant}/{provider}/{key_id}"), provider.to_owned(), value.to_vec())
+                (
+                    format!("{tenant}/{provider}/{key_id}"),
+                    provider.to_owned(),
+                    value.to_vec(),
+                )
             })
             .collect();
         let scanner = VaultScanner::new(&values);

@@ -38,7 +38,12 @@ fn make_vault(dir: &std::path::Path) -> String {
     let master = MasterKey::generate();
     let mut vault = Vault::create(&dir.join("vault.json"), &master).unwrap();
     vault
-        .put("acme", "openai", "default", Secret::api_key(OPENAI_VAULT_KEY.as_bytes().to_vec()))
+        .put(
+            "acme",
+            "openai",
+            "default",
+            Secret::api_key(OPENAI_VAULT_KEY.as_bytes().to_vec()),
+        )
         .unwrap();
     vault
         .put(
@@ -101,10 +106,16 @@ print("anthropic:", m.content[0].text)
     };
     assert!(ok, "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("openai: Hello from the origin"), "{stdout}");
-    assert!(stdout.contains("anthropic: Hello from the origin"), "{stdout}");
+    assert!(
+        stdout.contains("anthropic: Hello from the origin"),
+        "{stdout}"
+    );
 
     let seen = origin.seen();
-    let chat = seen.iter().find(|s| s.path == "/v1/chat/completions").unwrap();
+    let chat = seen
+        .iter()
+        .find(|s| s.path == "/v1/chat/completions")
+        .unwrap();
     assert_eq!(
         chat.headers["authorization"],
         format!("Bearer {OPENAI_VAULT_KEY}").as_str()
@@ -128,10 +139,13 @@ print("anthropic:", m.content[0].text)
         .filter(|r| r["kind"] == "decision" && r["key_id"].is_string())
         .collect();
     assert!(
-        keyed.iter().any(|r| r["key_id"].as_str().unwrap().starts_with("openai/")),
+        keyed
+            .iter()
+            .any(|r| r["key_id"].as_str().unwrap().starts_with("openai/")),
         "{keyed:?}"
     );
-    let text = std::fs::read_to_string(proxy.ledger_dir.join("checkpoints.log")).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(proxy.ledger_dir.join("checkpoints.log")).unwrap_or_default();
     for r in &records {
         let line = r.to_string();
         assert!(!line.contains(OPENAI_VAULT_KEY) && !line.contains(ANTHROPIC_VAULT_KEY));
@@ -150,15 +164,21 @@ async fn a_vault_key_sent_to_another_host_is_blocked_in_every_encoding() {
         // The openai key, in the body, to the anthropic host.
         (
             "/v1/messages".into(),
-            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{OPENAI_VAULT_KEY}"}}]}}"#),
+            format!(
+                r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{OPENAI_VAULT_KEY}"}}]}}"#
+            ),
         ),
         (
             "/v1/messages".into(),
-            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{b64}"}}]}}"#),
+            format!(
+                r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{b64}"}}]}}"#
+            ),
         ),
         (
             "/v1/messages".into(),
-            format!(r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{hex}"}}]}}"#),
+            format!(
+                r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{hex}"}}]}}"#
+            ),
         ),
         (
             format!("/v1/messages?note={}", OPENAI_VAULT_KEY.replace('-', "%2D")),
@@ -171,9 +191,9 @@ async fn a_vault_key_sent_to_another_host_is_blocked_in_every_encoding() {
             body.len()
         );
         let resp = proxy.h1_request("api.anthropic.com:443", &raw).await;
-        assert_eq!(resp.status, 403, "{path} {body}: {}", resp.body);
+        assert_eq!(resp.status, 403, "{path} {body}: {}", String::from_utf8_lossy(&resp.body));
         assert_eq!(resp.error_code(), "secret_detected", "{path}");
-        assert!(!resp.body.contains(OPENAI_VAULT_KEY));
+        assert!(!String::from_utf8_lossy(&resp.body).contains(OPENAI_VAULT_KEY));
     }
     // In a header.
     let raw = format!(
@@ -234,7 +254,8 @@ budget = { tokens_per_day = 1000, default_reserve = 100 }
     let (proxy, _origin, _pki) = TestProxy::with_origin(routes).await;
     // The origin answers this path with no usage, so each admitted request
     // keeps its 100-token reservation: exactly ten fit.
-    let raw = "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nconnection: close\r\n\r\n".to_owned();
+    let raw =
+        "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nconnection: close\r\n\r\n".to_owned();
     let mut tasks = Vec::new();
     let proxy = std::sync::Arc::new(proxy);
     for _ in 0..50 {
@@ -246,7 +267,10 @@ budget = { tokens_per_day = 1000, default_reserve = 100 }
     let mut ok = 0;
     let mut refused = 0;
     for t in tasks {
-        let r = tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
         match r.status {
             200 => ok += 1,
             429 => {
@@ -255,7 +279,7 @@ budget = { tokens_per_day = 1000, default_reserve = 100 }
                 let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
                 assert!(after > 0 && after <= 86_400, "{after}");
             }
-            s => panic!("unexpected status {s}: {}", r.body),
+            s => panic!("unexpected status {s}: {}", String::from_utf8_lossy(&r.body)),
         }
     }
     assert_eq!(ok, 10, "{ok} admitted, {refused} refused");
@@ -316,10 +340,18 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
         .unwrap();
     {
         use std::io::Write;
-        put.stdin.take().unwrap().write_all(OPENAI_VAULT_KEY.as_bytes()).unwrap();
+        put.stdin
+            .take()
+            .unwrap()
+            .write_all(OPENAI_VAULT_KEY.as_bytes())
+            .unwrap();
     }
     let out = put.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = Command::new(portcullis_bin())
         .args(["vault", "list", "--file"])
         .arg(&file)
@@ -328,7 +360,10 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
         .unwrap();
     assert!(list.status.success());
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("…XYZ") || text.contains(&OPENAI_VAULT_KEY[OPENAI_VAULT_KEY.len() - 4..]), "{text}");
+    assert!(
+        text.contains("…XYZ") || text.contains(&OPENAI_VAULT_KEY[OPENAI_VAULT_KEY.len() - 4..]),
+        "{text}"
+    );
     assert!(!text.contains(&OPENAI_VAULT_KEY[..12]), "{text}");
     let on_disk = std::fs::read_to_string(&file).unwrap();
     assert!(!on_disk.contains(OPENAI_VAULT_KEY));

@@ -310,7 +310,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             config: cfg,
             base_dir: base,
             config_path,
-            master_key: std::env::var(vault::MASTER_KEY_ENV).ok().map(Zeroizing::new),
+            master_key: std::env::var(vault::MASTER_KEY_ENV)
+                .ok()
+                .map(Zeroizing::new),
         })
         .await?;
         print_banner(&proxy, &auth);

@@ -177,10 +177,12 @@ fn read_secret(aws: bool) -> Result<Secret> {
     if aws {
         let mut lines = input.lines().map(str::trim).filter(|l| !l.is_empty());
         let (Some(id), Some(secret)) = (lines.next(), lines.next()) else {
-            bail!("--aws reads the access key id and the secret access key, one per line, from stdin");
+            bail!(
+                "--aws reads the access key id and the secret access key, one per line, from stdin"
+            );
         };
         let session = lines.next();
-        return Ok(Secret::aws(id, secret, session));
+        return Ok(Secret::aws(id, secret, session.map(str::to_owned)));
     }
     let key = input.trim_end_matches(['\r', '\n']);
     if key.is_empty() {

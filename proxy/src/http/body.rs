@@ -120,7 +120,9 @@ where
         let this = &mut *self;
         if this.cut {
             this.finish(End::BudgetCut);
-            return Poll::Ready(Some(Err("the response passed its hard cap on output tokens".into())));
+            return Poll::Ready(Some(Err(
+                "the response passed its hard cap on output tokens".into(),
+            )));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -47,15 +47,22 @@ pub fn plan(
         return Err(Refusal::deny(Reason::VaultKeyLeak)
             .detail(format!("this destination is not a {wanted} host")));
     };
-    let unavailable = |detail: &str| Refusal::deny(Reason::KeyUnavailable).detail(detail.to_owned());
+    let unavailable =
+        |detail: &str| Refusal::deny(Reason::KeyUnavailable).detail(detail.to_owned());
     let Some(format) = class.and_then(|c| c.key_injection.as_ref()) else {
-        return Err(unavailable("the catalog has no key header for this provider"));
+        return Err(unavailable(
+            "the catalog has no key header for this provider",
+        ));
     };
     let Some((secret, key_id)) = keys.get(&bound.who.tenant, slot) else {
-        return Err(unavailable("no key in the vault for this tenant and provider"));
+        return Err(unavailable(
+            "no key in the vault for this tenant and provider",
+        ));
     };
     let Secret::ApiKey(key) = secret else {
-        return Err(unavailable("this slot holds AWS credentials, which need SigV4 signing"));
+        return Err(unavailable(
+            "this slot holds AWS credentials, which need SigV4 signing",
+        ));
     };
     let (before, after) = format.format.split_once("{key}").unwrap_or(("", ""));
     let mut bytes = Zeroizing::new(Vec::with_capacity(before.len() + key.len() + after.len()));
@@ -111,7 +118,10 @@ mod tests {
         let out = without_query_param(&u, "key").unwrap();
         assert_eq!(out.to_string(), "https://h/v1/x?alt=sse&b=2");
         let u: Uri = "https://h/v1/x?key=AIzaSECRET".parse().unwrap();
-        assert_eq!(without_query_param(&u, "key").unwrap().to_string(), "https://h/v1/x");
+        assert_eq!(
+            without_query_param(&u, "key").unwrap().to_string(),
+            "https://h/v1/x"
+        );
         let u: Uri = "https://h/v1/x?keys=1".parse().unwrap();
         assert!(without_query_param(&u, "key").is_none());
     }

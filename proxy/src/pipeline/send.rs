@@ -18,9 +18,9 @@ use crate::ctx::Ctx;
 use crate::flow::Flow;
 use crate::flow::Phase;
 use crate::http::body::{empty, End, Metered, ProxyBody, Redacting, Tap};
-use crate::http::usage::{Usage, UsageMeter};
 use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
 use crate::http::relay::relay;
+use crate::http::usage::{Usage, UsageMeter};
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::Refusal;
 use crate::upstream::{find_connect_error, Checked, ConnectError};
@@ -131,7 +131,11 @@ struct UsageTap {
 
 impl UsageTap {
     fn finish(&mut self) -> Usage {
-        let body = self.meter.as_mut().map(UsageMeter::finish).unwrap_or_default();
+        let body = self
+            .meter
+            .as_mut()
+            .map(UsageMeter::finish)
+            .unwrap_or_default();
         self.header_usage.or(body)
     }
 }

@@ -131,19 +131,6 @@ impl Budgets for MemoryBudgets {
     fn settle(&self, reservation: Reservation, used: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move { self.settle_now(reservation, used) })
     }
-
-    fn remaining<'a>(&'a self, key: &'a str, tokens_per_day: Option<u64>) -> BoxFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            let limit = tokens_per_day?;
-            let now = (self.clock)();
-            let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            let used = map
-                .get(key)
-                .filter(|c| c.day == now / DAY)
-                .map_or(0, |c| c.tokens);
-            Some(limit.saturating_sub(used))
-        })
-    }
 }
 
 #[cfg(test)]

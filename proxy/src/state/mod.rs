@@ -84,6 +84,7 @@ pub(crate) struct Held {
 #[non_exhaustive]
 pub enum StateError {
     #[error("budget state unavailable: {0}")]
+    #[allow(dead_code)] // returned by a shared (Redis) backend; memory cannot fail
     Unavailable(String),
 }
 
@@ -99,9 +100,6 @@ pub trait Budgets: Send + Sync {
 
     /// Replaces the reserved tokens with the tokens used.
     fn settle(&self, reservation: Reservation, used: u64) -> BoxFuture<'_, ()>;
-
-    /// Tokens left today in a scope (for metrics and tests); `None` when unlimited.
-    fn remaining<'a>(&'a self, key: &'a str, tokens_per_day: Option<u64>) -> BoxFuture<'a, Option<u64>>;
 }
 
 /// A reservation on its way through one request. Settled with the tokens the
