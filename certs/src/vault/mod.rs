@@ -260,6 +260,7 @@ impl Vault {
     /// Mark every version of `(tenant, provider, key_id)` inactive, and save. Returns how
     /// many versions were active. Unknown keys give [`VaultError::NoSuchKey`].
     pub fn rm(&mut self, tenant: &str, provider: &str, key_id: &str) -> Result<usize, VaultError> {
+        check_names(tenant, provider, key_id)?;
         let matching: Vec<usize> = (0..self.entries.len())
             .filter(|&i| {
                 let e = &self.entries[i];
