@@ -22,7 +22,15 @@
 //!   others wait for it. Failures are never cached. Once an entry has used half of its
 //!   lifetime it is minted again, so a client never gets a leaf that is about to expire.
 //!   When the cache is full it evicts the least recently used host.
-//! - Later: the key vault for provider API keys (SPEC §9).
+//! - [`Vault`]: the provider-key vault (SPEC §9), one JSON file (mode 0600, written
+//!   atomically) of per-tenant provider keys. Each entry is AES-256-GCM encrypted with its
+//!   `tenant ‖ provider ‖ key_id ‖ version` as AAD, so it cannot be moved to another slot.
+//!   An HMAC over the whole file catches deleted or re-activated entries, and a
+//!   generation counter checked against a `<vault>.generation` sidecar catches an older
+//!   copy restored in its place. [`Vault::open`] decrypts everything up front and fails
+//!   closed. Subkeys come from the [`MasterKey`] (`PORTCULLIS_MASTER_KEY` or a key file)
+//!   through HKDF-SHA256. [`Vault::get`] gives the proxy the newest active key of a
+//!   route's `inject_key` slot; [`Vault::values`] feeds the exact-value scanner.
 //!
 //! # Where it sits in a request
 //!
@@ -49,8 +57,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Errors are the single [`CaError`] enum. Their messages say what to do next, for
-//! example "run `portcullis ca init`" or "run `chmod 600 …`".
+//! Errors are the [`CaError`] enum for the CA and the [`VaultError`] enum for the vault.
+//! Their messages say what to do next, for example "run `portcullis ca init`" or "run
+//! `chmod 600 …`", and never contain key material.
 #![forbid(unsafe_code)]
 
 mod ca;

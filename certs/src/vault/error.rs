@@ -13,15 +13,16 @@ use std::path::PathBuf;
 pub enum VaultError {
     /// Neither the environment variable nor a key file was given.
     #[error(
-        "no vault master key: set PORTCULLIS_MASTER_KEY to 32 bytes of standard base64, or pass \
-         a key file with --master-key-file (generate a key with `openssl rand -base64 32`)"
+        "no vault master key: set PORTCULLIS_MASTER_KEY to 32 bytes of standard base64, or give \
+         a key file with --master-key-file (`[vault] master_key_file` in the config); \
+         `portcullis vault gen-master-key` makes a new key"
     )]
     NoMasterKey,
 
     /// The master key text is not standard base64 of exactly 32 bytes.
     #[error(
         "invalid vault master key: {reason}; it must be exactly 32 bytes, standard base64 \
-         (44 characters ending in `=`), e.g. from `openssl rand -base64 32`"
+         (44 characters ending in `=`), e.g. from `portcullis vault gen-master-key`"
     )]
     BadMasterKey { reason: String },
 
@@ -42,7 +43,15 @@ pub enum VaultError {
     )]
     AlreadyExists { path: PathBuf },
 
-    /// `open` or `from_file` found no file.
+    /// The master key file does not exist.
+    #[error(
+        "master key file {} does not exist; check --master-key-file (`[vault] master_key_file`), \
+         or set PORTCULLIS_MASTER_KEY instead",
+        path.display()
+    )]
+    NoKeyFile { path: PathBuf },
+
+    /// `open` found no vault file.
     #[error("{} does not exist; create the vault with `portcullis vault init`", path.display())]
     NotFound { path: PathBuf },
 

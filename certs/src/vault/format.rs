@@ -128,8 +128,7 @@ pub(crate) fn write_file(keys: &FileKeys, generation: u64, entries: Vec<RawEntry
 
 /// Parse the file's JSON and check its format version. The HMAC is not checked yet.
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<RawFile, VaultError> {
-    let raw: RawFile = serde_json::from_str(text)
-        .map_err(|err| VaultError::malformed(path, format!("bad JSON: {err}")))?;
+    let raw: RawFile = serde_json::from_str(text).map_err(|err| json_error(path, &err))?;
     if raw.version != FORMAT_VERSION {
         return Err(VaultError::UnsupportedVersion {
             path: path.into(),
@@ -137,6 +136,21 @@ pub(crate) fn parse_file(path: &Path, text: &str) -> Result<RawFile, VaultError>
         });
     }
     Ok(raw)
+}
+
+/// Where and what kind of JSON error, but not serde's message: it can quote values from
+/// the file, and a mangled file could hold anything.
+fn json_error(path: &Path, err: &serde_json::Error) -> VaultError {
+    let kind = match err.classify() {
+        serde_json::error::Category::Io => "unreadable JSON",
+        serde_json::error::Category::Syntax => "JSON syntax error",
+        serde_json::error::Category::Data => "a missing, unknown or mistyped field",
+        serde_json::error::Category::Eof => "JSON cut short",
+    };
+    VaultError::malformed(
+        path,
+        format!("{kind} at line {} column {}", err.line(), err.column()),
+    )
 }
 
 /// Check the file HMAC, in constant time. A mismatch is [`VaultError::WrongMasterKey`].
@@ -237,8 +251,7 @@ pub(crate) fn write_sidecar(keys: &FileKeys, generation: u64) -> Vec<u8> {
 
 /// Parse and verify a sidecar; returns the generation it records.
 pub(crate) fn read_sidecar(path: &Path, keys: &FileKeys, text: &str) -> Result<u64, VaultError> {
-    let raw: RawSidecar = serde_json::from_str(text)
-        .map_err(|err| VaultError::malformed(path, format!("bad JSON: {err}")))?;
+    let raw: RawSidecar = serde_json::from_str(text).map_err(|err| json_error(path, &err))?;
     if raw.version != FORMAT_VERSION {
         return Err(VaultError::UnsupportedVersion {
             path: path.into(),

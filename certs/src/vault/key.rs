@@ -70,7 +70,7 @@ impl MasterKey {
     /// read (`0o077` bits), like the CA key loader.
     pub fn from_file(path: &Path) -> Result<Self, VaultError> {
         let text = fsio::read_text(path, MAX_KEY_FILE_BYTES, true)?
-            .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+            .ok_or_else(|| VaultError::NoKeyFile { path: path.into() })?;
         Self::from_base64(&text)
     }
 
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(from_env.bytes[..], key.bytes[..]);
         assert!(matches!(
             MasterKey::from_env_or_file(Some("  "), Some(missing)),
-            Err(VaultError::NotFound { .. })
+            Err(VaultError::NoKeyFile { .. })
         ));
     }
 }

@@ -125,6 +125,10 @@ impl Vault {
 
     /// Open the vault at `path`: check the HMAC, check the generation against the sidecar,
     /// then decrypt every entry. Any failure is an error; nothing is half-opened.
+    ///
+    /// A missing sidecar is accepted (first open on this host) and written; so is a sidecar
+    /// behind the file (a crash between the two writes of a save), which is raised. Either
+    /// write needs the vault's directory to be writable, and its failure is an error.
     pub fn open(path: &Path, key: &MasterKey) -> Result<Self, VaultError> {
         let keys = FileKeys::new(key);
         let text = fsio::read_text(path, MAX_VAULT_FILE_BYTES, false)?
@@ -260,6 +264,7 @@ impl Vault {
     /// Mark every version of `(tenant, provider, key_id)` inactive, and save. Returns how
     /// many versions were active. Unknown keys give [`VaultError::NoSuchKey`].
     pub fn rm(&mut self, tenant: &str, provider: &str, key_id: &str) -> Result<usize, VaultError> {
+        check_names(tenant, provider, key_id)?;
         let matching: Vec<usize> = (0..self.entries.len())
             .filter(|&i| {
                 let e = &self.entries[i];
