@@ -13,8 +13,7 @@ use clap::{Args, Subcommand};
 use portcullis_certs::{MasterKey, Secret, Vault};
 use zeroize::Zeroizing;
 
-/// Where the master key comes from, unless `--master-key-file` is given.
-pub const MASTER_KEY_ENV: &str = "PORTCULLIS_MASTER_KEY";
+pub use portcullis_certs::MASTER_KEY_ENV;
 /// The new master key for `rotate-master`, unless `--new-master-key-file` is given.
 pub const NEW_MASTER_KEY_ENV: &str = "PORTCULLIS_NEW_MASTER_KEY";
 
@@ -140,10 +139,10 @@ pub fn vault(cmd: VaultCommand) -> Result<ExitCode> {
             let (mut store, _) = vault.open()?;
             let n = store.rm(&tenant, &provider, &key_id)?;
             if n == 0 {
-                eprintln!("portcullis: no key {tenant}/{provider}/{key_id} in the vault");
-                return Ok(ExitCode::FAILURE);
+                println!("{tenant}/{provider}/{key_id} was already removed");
+            } else {
+                println!("removed {n} version(s) of {tenant}/{provider}/{key_id}");
             }
-            println!("removed {n} version(s) of {tenant}/{provider}/{key_id}");
         }
         VaultCommand::RotateMaster {
             vault,
