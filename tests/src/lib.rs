@@ -383,6 +383,31 @@ async fn handle_origin(
                 .body(full(Bytes::new()))
                 .unwrap()
         }
+        ("GET", "/v1/echo-key") => {
+            // Echoes the credential the origin received, split across two SSE
+            // chunks: what a misbehaving upstream could send back to the agent.
+            let auth = headers
+                .get("authorization")
+                .or_else(|| headers.get("x-api-key"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let cut = auth.len() / 2;
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Bytes::from(format!("data: {{\"saw\":\"{}", &auth[..cut])))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tx
+                    .send(Bytes::from(format!("{}\"}}\n\n", &auth[cut..])))
+                    .await;
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(ChannelBody(rx).boxed())
+                .unwrap()
+        }
         ("GET", "/leak") => {
             // A key-shaped secret split across two chunks of an SSE stream.
             let (tx, rx) = mpsc::channel(4);
@@ -836,12 +861,24 @@ impl ProxyProcess {
         filter: &str,
         stderr: std::process::Stdio,
     ) -> ProxyProcess {
+        Self::start_with_env(config, cwd, filter, stderr, &[])
+    }
+
+    /// Like `start_logging`, with extra environment (e.g. `PORTCULLIS_MASTER_KEY`).
+    pub fn start_with_env(
+        config: &Path,
+        cwd: &Path,
+        filter: &str,
+        stderr: std::process::Stdio,
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(portcullis_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
             .current_dir(cwd)
+            .envs(env.iter().copied())
             .env("PORTCULLIS_LOG", filter)
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)

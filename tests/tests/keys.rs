@@ -191,7 +191,12 @@ async fn a_vault_key_sent_to_another_host_is_blocked_in_every_encoding() {
             body.len()
         );
         let resp = proxy.h1_request("api.anthropic.com:443", &raw).await;
-        assert_eq!(resp.status, 403, "{path} {body}: {}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            resp.status,
+            403,
+            "{path} {body}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
         assert_eq!(resp.error_code(), "secret_detected", "{path}");
         assert!(!String::from_utf8_lossy(&resp.body).contains(OPENAI_VAULT_KEY));
     }
@@ -279,7 +284,10 @@ budget = { tokens_per_day = 1000, default_reserve = 100 }
                 let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
                 assert!(after > 0 && after <= 86_400, "{after}");
             }
-            s => panic!("unexpected status {s}: {}", String::from_utf8_lossy(&r.body)),
+            s => panic!(
+                "unexpected status {s}: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
         }
     }
     assert_eq!(ok, 10, "{ok} admitted, {refused} refused");
@@ -376,4 +384,229 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
         .unwrap();
     assert!(!no_key.status.success());
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("PORTCULLIS_MASTER_KEY"));
+}
+
+/// The vault key never reaches the logs (even at trace level), the ledger,
+/// an error body, or the agent: an upstream that echoes it back, split across
+/// stream chunks, has it redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_key_never_reaches_logs_ledger_errors_or_the_agent() {
+    use tokio::io::AsyncWriteExt;
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let master = make_vault(dir.path());
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), KEYED_ROUTES);
+    let cfg_path = dir.path().join("portcullis.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let proxy = ProxyProcess::start_with_env(
+        &cfg_path,
+        dir.path(),
+        "trace",
+        log.into(),
+        &[("PORTCULLIS_MASTER_KEY", &master)],
+    );
+    let roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
+    let tunnel = |host: &'static str| {
+        let roots = roots.clone();
+        let addr = proxy.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!(
+                    "CONNECT {host}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                    basic(AGENT, TOKEN)
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+            tls_client(s, &roots, host, &[b"http/1.1"]).await.unwrap()
+        }
+    };
+    // The origin echoes the injected key back, split across two chunks.
+    let mut tls = tunnel("api.openai.com").await;
+    tls.write_all(
+        format!("GET /v1/echo-key HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer {DUMMY}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let echoed = read_response(&mut tls).await;
+    let echoed_body = String::from_utf8_lossy(&echoed.body).into_owned();
+    assert_eq!(echoed.status, 200);
+    assert!(echoed_body.contains("[REDACTED]"), "{echoed_body}");
+    assert!(
+        !echoed_body.contains(&OPENAI_VAULT_KEY[8..]),
+        "{echoed_body}"
+    );
+    let seen = origin.seen();
+    assert_eq!(
+        seen.last().unwrap().headers["authorization"],
+        format!("Bearer {OPENAI_VAULT_KEY}").as_str(),
+        "the origin got the vault key (so the echo really carried it)"
+    );
+    // A leak attempt: the openai key sent to the anthropic host.
+    let mut tls = tunnel("api.anthropic.com").await;
+    let body = format!(
+        r#"{{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[{{"role":"user","content":"{OPENAI_VAULT_KEY}"}}]}}"#
+    );
+    tls.write_all(
+        format!("POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+    )
+    .await
+    .unwrap();
+    let refused = read_response(&mut tls).await;
+    assert_eq!(refused.status, 403);
+    let refused_body = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(proxy.terminate().success());
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("portcullis::decision"),
+        "the trace log was captured"
+    );
+    let ledger: String = std::fs::read_dir(dir.path().join(".portcullis/ledger"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    let vault_file = std::fs::read_to_string(dir.path().join("vault.json")).unwrap();
+    for secret in [OPENAI_VAULT_KEY, ANTHROPIC_VAULT_KEY, &master] {
+        assert!(!logs.contains(secret), "the logs contain a vault secret");
+        assert!(
+            !ledger.contains(secret),
+            "the ledger contains a vault secret"
+        );
+        assert!(
+            !refused_body.contains(secret),
+            "an error body contains a vault secret"
+        );
+        assert!(
+            !echoed_body.contains(secret),
+            "the agent saw a vault secret"
+        );
+        assert!(
+            !vault_file.contains(secret),
+            "the vault file holds a secret in clear"
+        );
+    }
+}
+
+#[tokio::test]
+async fn streamed_and_plain_usage_lands_in_the_outcome_record() {
+    let (proxy, _origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
+    let plain = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let streamed = r#"{"model":"claude-3-5-haiku-latest","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    for (host, path, body) in [
+        ("api.openai.com", "/v1/chat/completions", plain),
+        ("api.anthropic.com", "/v1/messages", streamed),
+    ] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let r = proxy.h1_request(&format!("{host}:443"), &raw).await;
+        assert_eq!(r.status, 200, "{host}");
+    }
+    let want = [("api.openai.com", 5, 4), ("api.anthropic.com", 7, 5)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = ledger_records(&proxy.ledger_dir);
+        let found = want.iter().all(|(host, i, o)| {
+            records.iter().any(|r| {
+                r["kind"] == "outcome"
+                    && r["dest_host"] == *host
+                    && r["tokens_in"] == *i
+                    && r["tokens_out"] == *o
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no outcome with the tokens: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_past_its_hard_cap_is_cut_and_recorded_as_budget_cut() {
+    let routes = r#"
+[[routes]]
+id = "acme-anthropic-capped"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.anthropic.com"]
+budget = { tokens_per_day = 100000, hard_cap = 3 }
+"#;
+    let (proxy, _origin, _pki) = TestProxy::with_origin(routes).await;
+    // The origin's stream reports 5 output tokens in its message_delta.
+    let body = r#"{"model":"claude-3-5-haiku-latest","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let raw = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = proxy.h1_request("api.anthropic.com:443", &raw).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        !text.contains("message_stop"),
+        "the stream ran past its cap: {text}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = ledger_records(&proxy.ledger_dir);
+        if let Some(o) = records.iter().find(|r| r["kind"] == "outcome") {
+            assert_eq!(o["end"], "budget_cut", "{o}");
+            assert_eq!(o["tokens_out"], 5, "{o}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no outcome: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_reservation_is_settled_with_the_real_usage() {
+    let routes = r#"
+[[routes]]
+id = "acme-openai-small-budget"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+budget = { tokens_per_day = 200, default_reserve = 150 }
+"#;
+    let (proxy, _origin, _pki) = TestProxy::with_origin(routes).await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // 150 reserved; the origin reports 9 used.
+    assert_eq!(
+        proxy.h1_request("api.openai.com:443", &raw).await.status,
+        200
+    );
+    // Two reservations of 150 do not fit in 200, so the second request is
+    // admitted only once the first was settled to its 9 tokens.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = proxy.h1_request("api.openai.com:443", &raw).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.error_code(), "budget_exceeded");
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 9 + 9 used, and a third 150 does not fit until the second settles too.
+    proxy.shutdown().await;
 }
