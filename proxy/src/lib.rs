@@ -35,13 +35,20 @@
 //!      narrows, all over one strict parse of that body;
 //!    - `admit`: the one DNS lookup, every address checked against the SSRF
 //!      table; the checked addresses (`upstream::Checked`) are all the dial
-//!      may use;
-//!    - `record`: the decision record is durable before anything leaves
-//!      (`record`; audit before act). If the ledger cannot take it, `503`;
-//!    - `act` and `send`: a deny is answered locally; allow, warn and narrow
-//!      forward the (rewritten) request, and stream the response back
-//!      unbuffered, redacted, under an `OutcomeGuard` that writes the outcome
-//!      record however the request ends.
+//!      may use. Then the request's token estimate is reserved in every
+//!      budget that covers it (`state`), so the request that would cross a
+//!      limit is refused (`429`) before it leaves;
+//!    - `inject` (choose): on a route with `inject_key`, the tenant's key for
+//!      that provider (`vault`), only if the host is that provider's;
+//!    - `record`: the decision record, naming the key's slot and version, is
+//!      durable before anything leaves (`record`; audit before act). If the
+//!      ledger cannot take it, `503`;
+//!    - `inject` (apply), `act` and `send`: a deny is answered locally; allow,
+//!      warn and narrow forward the (rewritten) request with the agent's own
+//!      credentials replaced by the vault key, and stream the response back
+//!      unbuffered, redacted, and metered for token usage (`http::usage`),
+//!      under an `OutcomeGuard` that writes the outcome record, with the
+//!      tokens, and settles the budget reservation however the request ends.
 //!
 //!    The first refusal goes to `rescue`, the only place that turns one
 //!    into a response. It records the refusal's decision first if no phase did,
@@ -55,8 +62,8 @@
 //!
 //! Modules sit on floors and use only lower ones (SPEC §1 and
 //! `ARCHITECTURE.md`): `cli` > `app` > `listen`, `tls` > `pipeline` >
-//! `rescue`, `record`, `ctx` > `upstream`, `flow` > `policy`, `identity`,
-//! `http`.
+//! `rescue`, `record`, `ctx` > `upstream`, `state`, `flow` > `policy`,
+//! `identity`, `vault`, `http`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]

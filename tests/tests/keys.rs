@@ -607,6 +607,5 @@ budget = { tokens_per_day = 200, default_reserve = 150 }
         assert!(tokio::time::Instant::now() < deadline, "never settled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // 9 + 9 used, and a third 150 does not fit until the second settles too.
     proxy.shutdown().await;
 }
