@@ -208,8 +208,11 @@ impl RequestRecord {
     }
 }
 
-/// Counts outcome records on their way to the ledger, so shutdown can wait
-/// for them before it seals the ledger.
+/// Counts outcome records not yet in the ledger, from the moment their guard
+/// exists until the write completes, so shutdown can wait for every one before
+/// it seals the ledger. (Counting from the guard's creation, not its drop,
+/// matters: a connection may release its permit before it drops the body that
+/// holds the guard.)
 #[derive(Clone, Default)]
 pub struct Outcomes {
     inner: Arc<OutcomesInner>,
@@ -227,6 +230,9 @@ impl Outcomes {
         let wait = async {
             loop {
                 let notified = self.inner.idle.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a wake-up in between is not lost.
+                notified.as_mut().enable();
                 if self.inner.pending.load(Ordering::Acquire) == 0 {
                     return;
                 }
@@ -268,6 +274,7 @@ impl OutcomeGuard {
         outcomes: &Outcomes,
         phase: &watch::Receiver<Phase>,
     ) -> Self {
+        outcomes.start();
         OutcomeGuard {
             facts: Some(OutcomeFacts {
                 event_id: rec.event_id.clone(),
@@ -357,13 +364,13 @@ impl OutcomeGuard {
         );
         // Drop runs outside async code, and the client is already answered:
         // the write goes on in the background, tracked so shutdown waits for it.
+        let outcomes = self.outcomes.clone();
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::error!("no runtime: outcome record lost");
+            outcomes.done();
             return;
         };
         let ledger = self.ledger.clone();
-        let outcomes = self.outcomes.clone();
-        outcomes.start();
         handle.spawn(async move {
             if let Err(e) = ledger.append_outcome(facts).await {
                 tracing::error!(error = %e.full_message(), "outcome record could not be written");

@@ -609,3 +609,47 @@ budget = { tokens_per_day = 200, default_reserve = 150 }
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tenant_budget_covers_every_route_of_the_tenant() {
+    let routes = r#"
+[[routes]]
+id = "acme-openai-free"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+
+[[routes]]
+id = "acme-anthropic-free"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.anthropic.com"]
+"#;
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    // One request a minute for the whole tenant, whichever route it takes.
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), routes).replace(
+        "[[tenants]]\nid = \"acme\"\n",
+        "[[tenants]]\nid = \"acme\"\nbudget = { requests_per_minute = 1 }\n",
+    );
+    assert!(cfg.contains("requests_per_minute = 1"));
+    let proxy = TestProxy::start(&cfg, dir).await;
+    let get = |host: &str| {
+        format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nconnection: close\r\n\r\n")
+    };
+    let first = proxy
+        .h1_request("api.openai.com:443", &get("api.openai.com"))
+        .await;
+    let second = proxy
+        .h1_request("api.anthropic.com:443", &get("api.anthropic.com"))
+        .await;
+    assert_eq!(first.status, 200);
+    // Unless the minute turned over between the two requests.
+    if second.status != 200 {
+        assert_eq!(second.status, 429);
+        assert_eq!(second.error_code(), "rate_limited");
+        assert!(String::from_utf8_lossy(&second.body).contains("tenant"));
+    }
+    proxy.shutdown().await;
+}
