@@ -2,8 +2,10 @@
 //!
 //! On a Bedrock host the proxy strips the agent's own SigV4 headers and calls [`sign`] with
 //! the request exactly as it will go upstream and the AWS key pair from the vault. The
-//! algorithm is AWS's published one, and it matches botocore and the Rust `aws-sigv4` crate
-//! on every request those SDKs produce:
+//! algorithm is AWS's published one. On the paths, queries and headers that SDKs send, its
+//! output matches botocore's. Queries are sorted by their encoded pairs, as in botocore and
+//! AWS's documentation; `aws-sigv4` sorts the decoded pairs, which differs only in rare cases
+//! such as `a-` against `a/`:
 //!
 //! 1. A canonical request: method, canonical URI, canonical query string, canonical headers,
 //!    signed header names and the payload hash, one per line.
