@@ -31,6 +31,9 @@
 //!   closed. Subkeys come from the [`MasterKey`] (`PORTCULLIS_MASTER_KEY` or a key file)
 //!   through HKDF-SHA256. [`Vault::get`] gives the proxy the newest active key of a
 //!   route's `inject_key` slot; [`Vault::values`] feeds the exact-value scanner.
+//! - [`sigv4::sign`]: AWS Signature Version 4, so the proxy can re-sign a Bedrock request
+//!   with the AWS key pair from a vault slot (SPEC §9). [`bedrock_region`] reads the region
+//!   from a Bedrock runtime host. Secret and derived keys stay in `Zeroizing` buffers.
 //!
 //! # Where it sits in a request
 //!
@@ -66,12 +69,14 @@ mod ca;
 mod cache;
 mod error;
 mod host;
+pub mod sigv4;
 mod store;
 pub mod vault;
 
 pub use ca::{CertificateAuthority, MintedLeaf};
 pub use cache::{CacheOptions, CacheStats, LeafCache};
 pub use error::CaError;
+pub use sigv4::{bedrock_region, sign, SignedHeaders, SigningRequest};
 pub use vault::{
     EntryInfo, KeyId, MasterKey, Secret, SecretKind, Vault, VaultError, MASTER_KEY_ENV,
 };
