@@ -653,3 +653,115 @@ hosts = ["api.anthropic.com"]
     }
     proxy.shutdown().await;
 }
+
+/// A Bedrock request is re-signed with SigV4 from the vault's AWS slot: the
+/// agent's own signature is gone, and the signature the origin receives
+/// verifies for exactly the request that arrived.
+#[tokio::test]
+async fn bedrock_requests_are_re_signed_with_the_vaults_aws_credentials() {
+    const HOST: &str = "bedrock-runtime.us-east-1.amazonaws.com";
+    const AKID: &str = "AKIAVAULTEXAMPLE0001";
+    const SECRET: &str = "vaultSecretAccessKey/EXAMPLE0123456789abcd";
+    const SESSION: &str = "vault-session-token-EXAMPLE";
+    let pki = OriginPki::for_names(&[HOST]);
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let mut vault = Vault::create(&dir.path().join("vault.json"), &master).unwrap();
+    vault
+        .put(
+            "acme",
+            "bedrock",
+            "default",
+            Secret::aws(AKID, SECRET, Some(SESSION.to_owned())),
+        )
+        .unwrap();
+    let routes = format!(
+        r#"
+[[routes]]
+id = "acme-bedrock"
+action = "allow"
+tenants = ["acme"]
+hosts = ["{HOST}"]
+inject_key = "bedrock"
+
+[vault]
+path = "vault.json"
+"#
+    );
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), &routes).replace(
+        "\"origin.test:443:",
+        &format!("\"{HOST}:443:{}\", \"origin.test:443:", origin.addr),
+    );
+    let proxy =
+        TestProxy::start_with_master_key(&cfg, dir, Some(master.to_base64().as_str())).await;
+    let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke";
+    let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: {HOST}\r\ncontent-type: application/json\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential=AGENTFAKE/20200101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00\r\n\
+         x-amz-date: 20200101T000000Z\r\nx-amz-security-token: agent-token\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = proxy.h1_request(&format!("{HOST}:443"), &raw).await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let seen = origin.seen();
+    let got = seen
+        .iter()
+        .find(|s| s.method == "POST")
+        .expect("origin saw nothing");
+    let h = |n: &str| {
+        got.headers
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let auth = h("authorization");
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={AKID}/")),
+        "{auth}"
+    );
+    assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+    assert!(!auth.contains("AGENTFAKE"));
+    assert_eq!(h("x-amz-security-token"), SESSION);
+    use sha2::Digest;
+    assert_eq!(
+        h("x-amz-content-sha256"),
+        hex::encode(sha2::Sha256::digest(&got.body))
+    );
+    // Recompute the signature for what arrived: it must match.
+    let date = h("x-amz-date");
+    let num = |r: std::ops::Range<usize>| date[r].parse::<u32>().unwrap();
+    let month = time::Month::try_from(num(4..6) as u8).unwrap();
+    let day = time::Date::from_calendar_date(num(0..4) as i32, month, num(6..8) as u8).unwrap();
+    let at = day
+        .with_hms(num(9..11) as u8, num(11..13) as u8, num(13..15) as u8)
+        .unwrap()
+        .assume_utc();
+    let payload = h("x-amz-content-sha256");
+    let expected = portcullis_certs::sign(
+        &portcullis_certs::SigningRequest {
+            method: "POST",
+            host: HOST,
+            path: &got.path,
+            query: None,
+            headers: &[],
+            payload_sha256_hex: &payload,
+            sign_content_sha256: true,
+        },
+        AKID,
+        SECRET,
+        Some(SESSION),
+        "us-east-1",
+        "bedrock",
+        at,
+    );
+    assert_eq!(auth, expected.authorization.as_str());
+    assert!(
+        got.path.contains("%3A0"),
+        "the model id path reached the origin as sent: {}",
+        got.path
+    );
+    proxy.shutdown().await;
+}

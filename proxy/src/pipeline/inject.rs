@@ -6,17 +6,21 @@
 //! slot and version, never the key) and set on the request only after that.
 //! It goes only to a host the catalog classifies as that key's provider, and
 //! hyper sends headers only over a connection whose certificate verified for
-//! that host.
+//! that host. A slot holding AWS credentials re-signs Bedrock requests with
+//! SigV4 for the real host and region instead, after the agent's own
+//! signature is stripped.
 
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::Uri;
-use portcullis_certs::Secret;
-use portcullis_rules::{Reason, Route};
+use portcullis_certs::{bedrock_region, sign, Secret, SigningRequest};
+use portcullis_rules::{KeyInjection, Reason, Route};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::bind::Bound;
+use crate::flow::Target;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
 use crate::vault::Keys;
@@ -24,10 +28,25 @@ use crate::vault::Keys;
 /// Every header a client could carry a provider credential in.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
-/// The header to set, its value marked sensitive (never logged by hyper or h2).
-pub struct Injection {
-    header: HeaderName,
-    value: HeaderValue,
+/// How the chosen key goes on the request.
+pub struct Injection(How);
+
+enum How {
+    /// A header from the catalog, its value marked sensitive (never logged by
+    /// hyper or h2).
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    /// AWS credentials: the request is signed with SigV4 for the real host
+    /// and region once it is final.
+    SigV4 {
+        access_key_id: Zeroizing<String>,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+        region: String,
+        payload_sha256: String,
+    },
 }
 
 /// Chooses the key for this request, or refuses it (fail closed: a route that
@@ -37,6 +56,7 @@ pub fn plan(
     rec: &mut RequestRecord,
     route: &Route,
     bound: &Bound,
+    whole_body: Option<&[u8]>,
 ) -> Result<Option<Injection>, Refusal> {
     let Some(wanted) = route.inject_key.as_deref() else {
         return Ok(None);
@@ -49,45 +69,125 @@ pub fn plan(
     };
     let unavailable =
         |detail: &str| Refusal::deny(Reason::KeyUnavailable).detail(detail.to_owned());
-    let Some(format) = class.and_then(|c| c.key_injection.as_ref()) else {
-        return Err(unavailable(
-            "the catalog has no key header for this provider",
-        ));
-    };
     let Some((secret, key_id)) = keys.get(&bound.who.tenant, slot) else {
         return Err(unavailable(
             "no key in the vault for this tenant and provider",
         ));
     };
-    let Secret::ApiKey(key) = secret else {
-        return Err(unavailable(
-            "this slot holds AWS credentials, which need SigV4 signing",
-        ));
+    let how = match secret {
+        Secret::ApiKey(key) => {
+            let Some(format) = class.and_then(|c| c.key_injection.as_ref()) else {
+                return Err(unavailable(
+                    "the catalog has no key header for this provider",
+                ));
+            };
+            header(format, key)
+                .ok_or_else(|| unavailable("the vault key is not a valid header value"))?
+        }
+        Secret::Aws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let host = bound.target.host.to_string();
+            let Some(region) = bedrock_region(&host) else {
+                return Err(unavailable(
+                    "AWS credentials are only used to sign Bedrock runtime requests",
+                ));
+            };
+            // SigV4 signs the body's hash, so the body must have been read whole.
+            let Some(body) = whole_body else {
+                return Err(Refusal::deny(Reason::BodyTooLarge)
+                    .detail("signing the request needs the whole body within max_inspect_body"));
+            };
+            How::SigV4 {
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                session_token: session_token.clone(),
+                region: region.to_owned(),
+                payload_sha256: hex::encode(Sha256::digest(body)),
+            }
+        }
+        _ => return Err(unavailable("this kind of key cannot be injected")),
     };
+    rec.key_id = Some(key_id.to_string());
+    Ok(Some(Injection(how)))
+}
+
+fn header(format: &KeyInjection, key: &[u8]) -> Option<How> {
     let (before, after) = format.format.split_once("{key}").unwrap_or(("", ""));
     let mut bytes = Zeroizing::new(Vec::with_capacity(before.len() + key.len() + after.len()));
     bytes.extend_from_slice(before.as_bytes());
     bytes.extend_from_slice(key);
     bytes.extend_from_slice(after.as_bytes());
-    let header = HeaderName::from_bytes(format.header.as_bytes())
-        .map_err(|_| unavailable("the catalog's key header name is invalid"))?;
-    let mut value = HeaderValue::from_bytes(&bytes)
-        .map_err(|_| unavailable("the vault key is not a valid header value"))?;
+    let name = HeaderName::from_bytes(format.header.as_bytes()).ok()?;
+    let mut value = HeaderValue::from_bytes(&bytes).ok()?;
     value.set_sensitive(true);
-    rec.key_id = Some(key_id.to_string());
-    Ok(Some(Injection { header, value }))
+    Some(How::Header { name, value })
 }
 
-/// Strips the client's credentials (headers and the `key` query parameter)
-/// and sets the vault key.
-pub fn apply(parts: &mut Parts, upstream_uri: &mut Uri, injection: Injection) {
+/// Strips the client's credentials (headers, its own SigV4 signature, and the
+/// `key` query parameter) and puts the vault key on the request.
+pub fn apply(parts: &mut Parts, upstream_uri: &mut Uri, target: &Target, injection: Injection) {
     for name in CREDENTIAL_HEADERS {
         parts.headers.remove(*name);
+    }
+    let amz: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-amz-"))
+        .cloned()
+        .collect();
+    for name in amz {
+        parts.headers.remove(name);
     }
     if let Some(uri) = without_query_param(upstream_uri, "key") {
         *upstream_uri = uri;
     }
-    parts.headers.insert(injection.header, injection.value);
+    match injection.0 {
+        How::Header { name, value } => {
+            parts.headers.insert(name, value);
+        }
+        How::SigV4 {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            region,
+            payload_sha256,
+        } => {
+            let host = target.authority();
+            let req = SigningRequest {
+                method: parts.method.as_str(),
+                host: &host,
+                path: upstream_uri.path(),
+                query: upstream_uri.query(),
+                headers: &[],
+                payload_sha256_hex: &payload_sha256,
+                sign_content_sha256: true,
+            };
+            let signed = sign(
+                &req,
+                &access_key_id,
+                &secret_access_key,
+                session_token.as_deref().map(String::as_str),
+                &region,
+                "bedrock",
+                time::OffsetDateTime::now_utc(),
+            );
+            let mut set = |name: &'static str, value: &str, sensitive: bool| {
+                if let Ok(mut v) = HeaderValue::from_str(value) {
+                    v.set_sensitive(sensitive);
+                    parts.headers.insert(name, v);
+                }
+            };
+            set("authorization", &signed.authorization, true);
+            set("x-amz-date", &signed.x_amz_date, false);
+            set("x-amz-content-sha256", &signed.x_amz_content_sha256, false);
+            if let Some(token) = &signed.x_amz_security_token {
+                set("x-amz-security-token", token, true);
+            }
+        }
+    }
 }
 
 /// `uri` without every `name=…` query parameter, or `None` if it had none.

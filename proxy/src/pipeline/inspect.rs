@@ -2,6 +2,7 @@
 //! the inspection limit, then let the policy classify, scan, walk the routes,
 //! run the route's detectors and narrow, all over that one read.
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::Request;
 use http_body_util::BodyExt;
@@ -29,6 +30,9 @@ pub struct Inspected {
     pub max_output_tokens: Option<u64>,
     /// The provider's API style, for reading token usage from the response.
     pub api_style: Option<ApiStyle>,
+    /// The whole body as it will be forwarded, when it was read whole (SigV4
+    /// signs its hash).
+    pub whole_body: Option<Bytes>,
 }
 
 pub async fn inspect(
@@ -92,13 +96,14 @@ pub async fn inspect(
         .map(|p| p.api);
     // A narrowed body replaces the original; otherwise the inspected bytes
     // are replayed ahead of whatever was not read.
-    let body: ProxyBody = match (evaluation.narrowed, read.rest) {
+    let (body, whole_body): (ProxyBody, _) = match (evaluation.narrowed, read.rest) {
         (Some(n), _) => {
             parts.headers.remove(http::header::CONTENT_LENGTH);
-            full(n.body)
+            let b = Bytes::from(n.body);
+            (full(b.clone()), Some(b))
         }
-        (None, Some(rest)) => Prefixed::new(read.prefix, rest).boxed_unsync(),
-        (None, None) => full(read.prefix),
+        (None, Some(rest)) => (Prefixed::new(read.prefix, rest).boxed_unsync(), None),
+        (None, None) => (full(read.prefix.clone()), Some(read.prefix)),
     };
     Ok(Inspected {
         parts,
@@ -106,5 +111,6 @@ pub async fn inspect(
         client_upgrade,
         max_output_tokens,
         api_style,
+        whole_body,
     })
 }

@@ -62,7 +62,13 @@ async fn run(
         admit::budgets(ctx, snap, rec, &bound, &route, inspected.max_output_tokens).await?;
     // inject (choose): the vault key for this tenant and provider; the record
     // names it. No key on an injecting route means no request.
-    let injection = inject::plan(&ctx.keys, rec, &route, &bound)?;
+    let injection = inject::plan(
+        &ctx.keys,
+        rec,
+        &route,
+        &bound,
+        inspected.whole_body.as_deref(),
+    )?;
     // record: the decision is durable before anything leaves (audit before act).
     rec.commit(&ctx.ledger)
         .await
@@ -70,7 +76,12 @@ async fn run(
     // inject (apply): the agent's credentials out, the provider key in.
     let (mut bound, mut inspected) = (bound, inspected);
     if let Some(injection) = injection {
-        inject::apply(&mut inspected.parts, &mut bound.upstream_uri, injection);
+        inject::apply(
+            &mut inspected.parts,
+            &mut bound.upstream_uri,
+            &bound.target,
+            injection,
+        );
     }
     // act (allow | warn | narrow) and send: the (possibly narrowed) request goes
     // upstream and streams back, redacted and metered, under the outcome guard.
