@@ -16,6 +16,7 @@ say() { printf '\n==> %s\n' "$*"; }
 OPENAI_VERSION=3.54.0
 ANTHROPIC_VERSION=2.12.0
 HTTPX_VERSION=0.28.1
+PROMETHEUS_CLIENT_VERSION=0.26.0  # its text parser checks /metrics
 
 need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
@@ -29,16 +30,17 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 venv="$root/.venv"
-stamp="$venv/.portcullis-sdk-$OPENAI_VERSION-$ANTHROPIC_VERSION-$HTTPX_VERSION"
+stamp="$venv/.portcullis-sdk-$OPENAI_VERSION-$ANTHROPIC_VERSION-$HTTPX_VERSION-$PROMETHEUS_CLIENT_VERSION"
 if [ ! -f "$stamp" ]; then
   say "creating the SDK venv in .venv (openai==$OPENAI_VERSION anthropic==$ANTHROPIC_VERSION)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    "openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "httpx==$HTTPX_VERSION"
+    "openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "httpx==$HTTPX_VERSION" \
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
   touch "$stamp"
 fi
 export PORTCULLIS_TEST_PYTHON="$venv/bin/python"
-"$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
+"$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic, prometheus_client; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
+use crate::admin::AdminSettings;
 use crate::ctx::{Ctx, Limits, TlsServer};
 use crate::flow::Phase;
 use crate::listen::{accept_loop, ListenerInfo};
@@ -69,6 +70,8 @@ pub struct Settings {
 /// A running proxy. Dropping it does not stop it; call `shutdown`.
 pub struct RunningProxy {
     pub listeners: Vec<(String, SocketAddr)>,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
     pub ca_cert_path: PathBuf,
     pub ca_created: bool,
     pub ledger_dir: PathBuf,
@@ -212,6 +215,21 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         bound.push((l, listener, addr));
     }
 
+    let admin_listener = TcpListener::bind(cfg.admin.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr: cfg.admin.bind,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr: cfg.admin.bind,
+            source,
+        })?;
+
     let extra_ca: Vec<PathBuf> = cfg
         .upstream
         .extra_ca
@@ -225,7 +243,11 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         tls_timeout: cfg.upstream.tls_timeout,
         response_header_timeout: cfg.upstream.response_header_timeout,
         idle_timeout: cfg.upstream.idle_timeout,
-        own_addrs: bound.iter().map(|(_, _, a)| *a).collect(),
+        own_addrs: bound
+            .iter()
+            .map(|(_, _, a)| *a)
+            .chain([admin_addr])
+            .collect(),
     })?;
 
     let ticketer =
@@ -270,6 +292,16 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         tasks.spawn(accept_loop(ctx.clone(), info, listener, conns.clone()));
     }
 
+    tasks.spawn(crate::admin::serve(
+        ctx.clone(),
+        Arc::new(AdminSettings {
+            token_sha256: cfg.admin.token_sha256,
+            metrics_public: cfg.admin.metrics_public,
+            config_path: settings.config_path.clone(),
+        }),
+        admin_listener,
+    ));
+
     if let Some(path) = settings.config_path.clone() {
         let stop_ctx = ctx.clone();
         tasks.spawn(watch_file(
@@ -282,6 +314,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
 
     Ok(RunningProxy {
         listeners,
+        admin_addr,
         ca_cert_path: CertificateAuthority::cert_path(&ca_dir),
         ca_created,
         ledger_dir,

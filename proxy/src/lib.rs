@@ -71,6 +71,7 @@
 #[macro_use]
 mod http;
 
+mod admin;
 mod app;
 pub mod cli;
 mod ctx;

@@ -182,7 +182,7 @@ fn hash_token_prints_sha256_of_stdin() {
 fn run_with_no_files_uses_the_embedded_default_and_prints_exports() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::piped())

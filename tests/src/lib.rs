@@ -42,6 +42,8 @@ pub const OTHER_AGENT: &str = "other-bot";
 pub const OTHER_TOKEN: &str = "other-agent-token";
 
 /// A provider-key-shaped secret the `/leak` endpoint streams back.
+/// The admin API's bearer token in test configs.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const LEAKED_KEY: &str = "sk-proj-Zq7RmV2xLk9PbT4cWn8YhJ3sDf6GuA1eQo5Ir0Xt";
 
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -453,6 +455,10 @@ name = "forward"
 bind = "127.0.0.1:0"
 auth = "basic"
 
+[admin]
+bind = "127.0.0.1:0"
+token_sha256 = "{admin_token}"
+
 [ca]
 dir = "{ca}"
 
@@ -489,6 +495,7 @@ token_sha256 = "{h2}"
         origin_ca = pki.ca_pem_path.display(),
         h1 = sha256_hex(TOKEN),
         h2 = sha256_hex(OTHER_TOKEN),
+        admin_token = sha256_hex(ADMIN_TOKEN),
     )
 }
 
@@ -527,6 +534,7 @@ hosts = ["api.anthropic.com"]
 pub struct TestProxy {
     pub proxy: Option<RunningProxy>,
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub ledger_dir: PathBuf,
     pub ca_pem_path: PathBuf,
     pub ca_roots: rustls::RootCertStore,
@@ -566,12 +574,14 @@ impl TestProxy {
         .await
         .unwrap();
         let addr = proxy.listeners[0].1;
+        let admin_addr = proxy.admin_addr;
         let ledger_dir = proxy.ledger_dir.clone();
         let ca_pem_path = proxy.ca_cert_path.clone();
         let ca_roots = roots_from_pem(&ca_pem_path);
         TestProxy {
             proxy: Some(proxy),
             addr,
+            admin_addr,
             ledger_dir,
             ca_pem_path,
             ca_roots,
@@ -587,6 +597,23 @@ impl TestProxy {
         let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), routes);
         let proxy = TestProxy::start(&cfg, dir).await;
         (proxy, origin, pki)
+    }
+
+    /// One request to the admin API, with `Authorization: Bearer token` if given.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> RawResponse {
+        let mut s = TcpStream::connect(self.admin_addr).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_response(&mut s).await
     }
 
     pub fn proxy_url(&self, agent: &str, token: &str) -> String {

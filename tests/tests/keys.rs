@@ -375,6 +375,32 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
     assert!(!text.contains(&OPENAI_VAULT_KEY[..12]), "{text}");
     let on_disk = std::fs::read_to_string(&file).unwrap();
     assert!(!on_disk.contains(OPENAI_VAULT_KEY));
+    // Rotation: the new master key opens the vault, the old one no longer does.
+    let new_master = Command::new(portcullis_bin())
+        .args(["vault", "gen-master-key"])
+        .output()
+        .unwrap();
+    let new_master = String::from_utf8(new_master.stdout).unwrap().trim().to_owned();
+    let rotate = Command::new(portcullis_bin())
+        .args(["vault", "rotate-master", "--file"])
+        .arg(&file)
+        .env("PORTCULLIS_MASTER_KEY", &master)
+        .env("PORTCULLIS_NEW_MASTER_KEY", &new_master)
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
+    let list_with = |key: &str| {
+        Command::new(portcullis_bin())
+            .args(["vault", "list", "--file"])
+            .arg(&file)
+            .env("PORTCULLIS_MASTER_KEY", key)
+            .output()
+            .unwrap()
+    };
+    assert!(list_with(&new_master).status.success());
+    let old = list_with(&master);
+    assert!(!old.status.success());
+    assert!(!String::from_utf8_lossy(&old.stderr).contains(&master));
     // Without the master key: a clear error, exit non-zero.
     let no_key = Command::new(portcullis_bin())
         .args(["vault", "list", "--file"])

@@ -252,6 +252,15 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     }
     let r = refused.expect("the proxy kept forwarding with a full ledger");
     assert_eq!(r.error_code(), "ledger_unavailable");
+    // Readiness says so, and why.
+    let ready = proxy.admin("GET", "/readyz", Some(ADMIN_TOKEN)).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["ready"], false);
+    assert!(
+        ready.json()["failing"][0].as_str().unwrap().starts_with("ledger"),
+        "{}",
+        ready.json()
+    );
     let seen_at_failure = origin.seen().len();
     // Once failed, it stays failed: nothing more is forwarded.
     for _ in 0..3 {

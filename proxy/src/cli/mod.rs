@@ -121,6 +121,20 @@ struct RunArgs {
     /// Override the bind address of the first listener (e.g. 127.0.0.1:0).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Override the admin API's bind address (default from [admin], 127.0.0.1:9901).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Log lines on stderr: text for people, or json (one object per line, with
+    /// the ledger's field names) for log pipelines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,7 +163,12 @@ enum AgentCommand {
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = match &cli.command {
+        None => cli.run.log_format,
+        Some(Command::Run(args)) => args.log_format,
+        Some(_) => LogFormat::Text,
+    };
+    init_tracing(format);
     let result = match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
@@ -175,13 +194,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Reads and validates a config, printing every error. `Err(code)` = exit now.
@@ -286,6 +308,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(addr) = args.admin {
+        cfg.admin.bind = addr;
+    }
     if let Some(addr) = args.listen {
         match cfg.listeners.first_mut() {
             Some(l) => l.bind = addr,
@@ -354,6 +379,7 @@ fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerAuth)]) {
     for (name, addr) in &proxy.listeners {
         let _ = writeln!(out, "# listening: {name}={addr}");
     }
+    let _ = writeln!(out, "# admin: {}", proxy.admin_addr);
     let _ = writeln!(out, "# ready");
     let _ = out.flush();
 }

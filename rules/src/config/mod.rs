@@ -106,12 +106,20 @@ pub enum ListenerAuth {
 pub struct AdminConfig {
     /// Default `127.0.0.1:9901`.
     pub bind: SocketAddr,
+    /// SHA-256 of the bearer token the admin API requires (everything but
+    /// `/healthz`, and `/metrics` unless `metrics_public`). `None`: only
+    /// `/healthz`, `/readyz` and (if public) `/metrics` answer.
+    pub token_sha256: Option<[u8; 32]>,
+    /// Serve `/metrics` without the token. Default false.
+    pub metrics_public: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+            token_sha256: None,
+            metrics_public: false,
         }
     }
 }

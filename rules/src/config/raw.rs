@@ -44,6 +44,8 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) bind: Option<S<String>>,
+    pub(super) token_sha256: Option<S<String>>,
+    pub(super) metrics_public: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -65,7 +65,7 @@ const LISTENER: Table = Table {
 
 const ADMIN: Table = Table {
     name: "[admin]",
-    keys: &[("bind", V)],
+    keys: &[("bind", V), ("token_sha256", V), ("metrics_public", V)],
 };
 
 const CA: Table = Table {

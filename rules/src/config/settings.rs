@@ -12,7 +12,7 @@ use super::raw::{
     RawAdmin, RawCa, RawDuration, RawLedger, RawLimits, RawListener, RawUpstream, RawVault, S,
 };
 use super::validate::{Errors, OrderedIds, Seen};
-use super::values::{parse_bind, parse_duration, validate_id};
+use super::values::{parse_bind, parse_duration, parse_token_hash, validate_id};
 use super::{
     AdminConfig, CaConfig, LedgerConfig, LedgerSync, Limits, ListenerAuth, ListenerConfig,
     ListenerMode, ResolveEntry, UpstreamConfig, VaultConfig,
@@ -21,11 +21,18 @@ use super::{
 impl Errors<'_> {
     pub(super) fn admin(&mut self, raw: Option<RawAdmin>) -> AdminConfig {
         let mut admin = AdminConfig::default();
-        if let Some(bind) = raw.and_then(|raw| raw.bind) {
+        let Some(raw) = raw else {
+            return admin;
+        };
+        if let Some(bind) = raw.bind {
             if let Some(addr) = self.check(&bind.span(), parse_bind(bind.get_ref())) {
                 admin.bind = addr;
             }
         }
+        if let Some(token) = raw.token_sha256 {
+            admin.token_sha256 = self.check(&token.span(), parse_token_hash(token.get_ref()));
+        }
+        admin.metrics_public = raw.metrics_public.unwrap_or(false);
         admin
     }
 

@@ -1,0 +1,232 @@
+//! The admin API (SPEC §11): health, readiness, metrics, reload, the ledger
+//! head and the policy in force. Loopback by default.
+//!
+//! A bearer token, stored only as its SHA-256 and compared in constant time,
+//! guards everything except `/healthz` (and `/metrics` when
+//! `metrics_public`). Without a configured token only the public endpoints
+//! answer. State changes are POST-only.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use portcullis_ledger::Health;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::ctx::Ctx;
+use crate::flow::Phase;
+use crate::http::body::{full, ProxyBody};
+use crate::policy::{reload, ReloadError, ReloadOutcome};
+
+/// What the admin API needs besides the shared context.
+pub struct AdminSettings {
+    pub token_sha256: Option<[u8; 32]>,
+    pub metrics_public: bool,
+    /// The config file `POST /v1/reload` reads; `None` on the embedded default.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Serves the admin API until the proxy starts draining.
+pub async fn serve(ctx: Arc<Ctx>, settings: Arc<AdminSettings>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctx.reached(Phase::Draining) => break,
+        };
+        let Ok((tcp, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (ctx, settings) = (ctx.clone(), settings.clone());
+        let span = tracing::info_span!("admin", %peer);
+        tokio::spawn(
+            async move {
+                let svc_ctx = ctx.clone();
+                let svc = service_fn(move |req| {
+                    let (ctx, settings) = (svc_ctx.clone(), settings.clone());
+                    async move { Ok::<_, Infallible>(route(&ctx, &settings, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ctx.limits.client_header_timeout)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                let _ = serve_with_drain!(
+                    conn,
+                    ctx.reached(Phase::Draining),
+                    ctx.reached(Phase::Closing)
+                );
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let public = path == "/healthz" || (path == "/metrics" && s.metrics_public);
+    if !public && !authorized(s, &req) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "admin bearer token required"}),
+        );
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (Method::GET, "/readyz") => readyz(ctx),
+        (Method::GET, "/metrics") => text(StatusCode::OK, ctx.metrics.render()),
+        (Method::GET, "/v1/policy") => {
+            let snap = ctx.policy.load();
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "generation": snap.generation,
+                    "hash": snap.policy.hash_hex(),
+                    "routes": snap.policy.routes().len(),
+                }),
+            )
+        }
+        (Method::GET, "/v1/ledger/head") => match ctx.ledger.head() {
+            Some(head) => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "replica": head.replica,
+                    "seq": head.seq,
+                    "head_seq": head.head_seq,
+                    "head_hash": head.head_hash,
+                    "segment": head.segment,
+                    "ts": head.ts,
+                    "signature": head.signature,
+                    "hash": head.hash,
+                    "pubkey": ctx.ledger.public_key_hex(),
+                }),
+            ),
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no checkpoint written yet"}),
+            ),
+        },
+        (Method::POST, "/v1/reload") => reload_now(ctx, s).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/policy" | "/v1/ledger/head") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "use GET"}),
+        ),
+        (_, "/v1/reload") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "state changes are POST-only"}),
+        ),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+    }
+}
+
+/// `Authorization: Bearer <token>` whose SHA-256 equals the configured hash.
+fn authorized(s: &AdminSettings, req: &Request<Incoming>) -> bool {
+    let Some(expected) = &s.token_sha256 else {
+        return false;
+    };
+    let Some(token) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let digest = Sha256::digest(token.trim().as_bytes());
+    bool::from(digest.as_slice().ct_eq(expected))
+}
+
+/// 200 when every check passes, else 503 with the failing ones.
+fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
+    let mut failing: Vec<String> = Vec::new();
+    if let Health::Unhealthy(why) = ctx.ledger.health() {
+        failing.push(format!("ledger: {why}"));
+    }
+    if !ctx.is_running() {
+        failing.push("draining: the proxy is shutting down".into());
+    }
+    let snap = ctx.policy.load();
+    let body = serde_json::json!({
+        "ready": failing.is_empty(),
+        "checks": {
+            "ca": true,
+            "policy": {"generation": snap.generation, "valid": true},
+            "ledger": matches!(ctx.ledger.health(), Health::Healthy),
+            "vault": true,
+        },
+        "failing": failing,
+    });
+    let status = if failing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, body)
+}
+
+async fn reload_now(ctx: &Ctx, s: &AdminSettings) -> Response<ProxyBody> {
+    let Some(path) = &s.config_path else {
+        return json(
+            StatusCode::CONFLICT,
+            serde_json::json!({"error": ReloadError::NoFile.to_string()}),
+        );
+    };
+    match reload(&ctx.policy, &ctx.ledger, path, "api").await {
+        Ok(ReloadOutcome::Applied { generation }) => {
+            ctx.metrics.reload("ok");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"result": "applied", "generation": generation}),
+            )
+        }
+        Ok(_) => {
+            ctx.metrics.reload("unchanged");
+            json(StatusCode::OK, serde_json::json!({"result": "unchanged"}))
+        }
+        Err(ReloadError::Invalid(errors)) => {
+            ctx.metrics.reload("invalid");
+            let list: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+            json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"result": "invalid", "errors": list}),
+            )
+        }
+        Err(e) => {
+            ctx.metrics.reload("error");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"result": "error", "error": e.to_string()}),
+            )
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+    let mut body = v.to_string();
+    body.push('\n');
+    respond(status, "application/json", body)
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    respond(status, "text/plain; version=0.0.4; charset=utf-8", body)
+}
+
+fn respond(status: StatusCode, ct: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
