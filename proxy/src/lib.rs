@@ -78,6 +78,7 @@ mod ctx;
 mod flow;
 mod identity;
 mod listen;
+mod metrics;
 mod pipeline;
 mod policy;
 mod record;
