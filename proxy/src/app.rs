@@ -20,7 +20,8 @@ use crate::admin::AdminSettings;
 use crate::ctx::{Ctx, Limits, TlsServer};
 use crate::flow::Phase;
 use crate::listen::{accept_loop, ListenerInfo};
-use crate::policy::{reload, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
+use crate::metrics::Metrics;
+use crate::policy::{reload, reload_result, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;
 use crate::state::MemoryBudgets;
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
@@ -96,7 +97,11 @@ impl RunningProxy {
     /// Reloads the policy from the config file (what SIGHUP does).
     pub async fn reload(&self, source: &str) -> Result<ReloadOutcome, ReloadError> {
         match &self.config_path {
-            Some(p) => reload(&self.ctx.policy, &self.ctx.ledger, p, source).await,
+            Some(p) => {
+                let r = reload(&self.ctx.policy, &self.ctx.ledger, p, source).await;
+                self.ctx.metrics.reload(reload_result(&r));
+                r
+            }
             None => Err(ReloadError::NoFile),
         }
     }
@@ -215,13 +220,14 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         bound.push((l, listener, addr));
     }
 
-    let admin_listener = TcpListener::bind(cfg.admin.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            name: "admin".into(),
-            addr: cfg.admin.bind,
-            source,
-        })?;
+    let admin_listener =
+        TcpListener::bind(cfg.admin.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: cfg.admin.bind,
+                source,
+            })?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -253,11 +259,14 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| StartError::Tls(e.to_string()))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let listener_names: Vec<String> = cfg.listeners.iter().map(|l| l.name.clone()).collect();
+    let metrics = Metrics::new(cfg.policy.tenants(), &listener_names);
     let ctx = Arc::new(Ctx {
         policy: Arc::new(PolicyHolder::new(cfg.policy.clone())),
         keys,
         vault: vault_scanner,
         budgets: Arc::new(MemoryBudgets::default()),
+        metrics: metrics.clone(),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),
         certs,
@@ -307,6 +316,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         tasks.spawn(watch_file(
             ctx.policy.clone(),
             ledger.clone(),
+            metrics,
             path,
             async move { stop_ctx.reached(Phase::Draining).await },
         ));

@@ -11,6 +11,7 @@ use rustls::server::{ProducesTickets, StoresServerSessions};
 use tokio::sync::watch;
 
 use crate::flow::Phase;
+use crate::metrics::Metrics;
 use crate::policy::PolicyHolder;
 use crate::record::Outcomes;
 use crate::state::Budgets;
@@ -44,6 +45,8 @@ pub struct Ctx {
     pub vault: portcullis_rules::VaultScanner,
     /// Token budgets and rate limits.
     pub budgets: Arc<dyn Budgets>,
+    /// The one metric catalog.
+    pub metrics: Metrics,
     pub ledger: Ledger,
     pub outcomes: Outcomes,
     pub certs: LeafCache,

@@ -9,6 +9,7 @@ use rand::RngCore;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::identity::Identity;
+use crate::metrics::ConnectionGauge;
 
 /// How the upstream is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,9 +101,26 @@ pub struct Flow {
     pub listener: String,
     pub entry: Entry,
     pub wire: Wire,
-    /// The connection's permit: long-lived work that outlives the HTTP
-    /// connection (a WebSocket relay) holds it too.
-    pub permit: Arc<OwnedSemaphorePermit>,
+    /// The connection's slot: long-lived work that outlives the HTTP
+    /// connection (a tunnel, a WebSocket relay) holds it too.
+    pub slot: Arc<ConnSlot>,
+}
+
+/// One client connection's share of the proxy: its permit under the
+/// connection limit, and its place in `portcullis_active_connections`. Both
+/// are released when the last piece of work on the connection ends.
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    _gauge: ConnectionGauge,
+}
+
+impl ConnSlot {
+    pub fn new(permit: OwnedSemaphorePermit, gauge: ConnectionGauge) -> Arc<ConnSlot> {
+        Arc::new(ConnSlot {
+            _permit: permit,
+            _gauge: gauge,
+        })
+    }
 }
 
 /// Where the process is in its life. Connections watch it: on `Draining`

@@ -13,6 +13,8 @@ use portcullis_ledger::{ConfigFacts, Ledger, LedgerError};
 use portcullis_rules::Policy;
 use tokio::sync::watch;
 
+use crate::metrics::{Metrics, ReloadResult};
+
 /// One policy generation.
 pub struct PolicySnapshot {
     pub policy: Arc<Policy>,
@@ -149,12 +151,23 @@ pub async fn reload(
     result
 }
 
+/// How a reload reads in `portcullis_config_reloads_total`.
+pub fn reload_result(r: &Result<ReloadOutcome, ReloadError>) -> ReloadResult {
+    match r {
+        Ok(ReloadOutcome::Applied { .. }) => ReloadResult::Ok,
+        Ok(_) => ReloadResult::Unchanged,
+        Err(ReloadError::Invalid(_)) => ReloadResult::Invalid,
+        Err(_) => ReloadResult::Error,
+    }
+}
+
 /// Reloads on SIGHUP and when the file's modification time or size changes
 /// (polled once a second: no platform watcher to misbehave on network
 /// mounts). Returns when `stop` fires.
 pub async fn watch_file(
     holder: Arc<PolicyHolder>,
     ledger: Ledger,
+    metrics: Metrics,
     path: PathBuf,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -179,14 +192,16 @@ pub async fn watch_file(
         tokio::select! {
             _ = &mut stop => return,
             _ = sighup => {
-                let _ = reload(&holder, &ledger, &path, "sighup").await;
+                let r = reload(&holder, &ledger, &path, "sighup").await;
+                metrics.reload(reload_result(&r));
                 last = stamp(&path);
             }
             _ = tick.tick() => {
                 let now = stamp(&path);
                 if now != last {
                     last = now;
-                    let _ = reload(&holder, &ledger, &path, "file_watch").await;
+                    let r = reload(&holder, &ledger, &path, "file_watch").await;
+                    metrics.reload(reload_result(&r));
                 }
             }
         }

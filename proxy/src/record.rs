@@ -23,6 +23,7 @@ use crate::flow::Phase;
 use crate::flow::Target;
 use crate::http::body::End;
 use crate::identity::Identity;
+use crate::metrics::{Metrics, Phase as MetricPhase};
 use crate::policy::PolicySnapshot;
 use crate::state::Hold;
 
@@ -182,9 +183,15 @@ impl RequestRecord {
 
     /// Logs the decision line and makes the ledger record durable. On `Err`
     /// the request must fail closed.
-    pub async fn commit(&mut self, ledger: &Ledger) -> Result<(), LedgerError> {
+    pub async fn commit(&mut self, ledger: &Ledger, metrics: &Metrics) -> Result<(), LedgerError> {
         let facts = self.facts();
         self.log(&facts);
+        metrics.request(
+            facts.tenant.as_deref(),
+            &facts.decision,
+            &facts.reason,
+            facts.provider.as_deref(),
+        );
         match ledger.append_decision(facts).await {
             Ok(_) => {
                 self.committed = true;
@@ -265,6 +272,10 @@ pub struct OutcomeGuard {
     bytes_in: Arc<AtomicU64>,
     /// The budget reservation to settle with the tokens used.
     hold: Option<Hold>,
+    metrics: Metrics,
+    /// For the token metrics: what was called.
+    provider: Option<String>,
+    model: Option<String>,
 }
 
 impl OutcomeGuard {
@@ -273,8 +284,10 @@ impl OutcomeGuard {
         ledger: &Ledger,
         outcomes: &Outcomes,
         phase: &watch::Receiver<Phase>,
+        metrics: &Metrics,
     ) -> Self {
         outcomes.start();
+        let c = rec.classification.as_ref();
         OutcomeGuard {
             facts: Some(OutcomeFacts {
                 event_id: rec.event_id.clone(),
@@ -295,6 +308,9 @@ impl OutcomeGuard {
             started: tokio::time::Instant::now(),
             bytes_in: Arc::new(AtomicU64::new(0)),
             hold: None,
+            metrics: metrics.clone(),
+            provider: c.and_then(|c| c.provider.clone()),
+            model: c.and_then(|c| c.model.clone()),
         }
     }
 
@@ -340,6 +356,17 @@ impl OutcomeGuard {
         facts.bytes_out = bytes_out;
         facts.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         facts.end = end.as_str().to_owned();
+        self.metrics
+            .phase(MetricPhase::Total, self.started.elapsed());
+        if facts.tokens_in.is_some() || facts.tokens_out.is_some() {
+            self.metrics.tokens(
+                facts.tenant.as_deref(),
+                self.provider.as_deref(),
+                self.model.as_deref(),
+                facts.tokens_in.unwrap_or(0),
+                facts.tokens_out.unwrap_or(0),
+            );
+        }
         if let Some(hold) = self.hold.take() {
             // Unknown usage keeps the estimate charged (see `Hold::settle`).
             let used = match (facts.tokens_in, facts.tokens_out) {

@@ -75,6 +75,10 @@ impl Refusal {
         self
     }
 
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
     pub fn status_code(&self) -> StatusCode {
         self.status
             .unwrap_or_else(|| status_for(self.decision.reason))
@@ -100,7 +104,7 @@ impl Refusal {
 pub async fn rescue(ctx: &Ctx, rec: &mut RequestRecord, refusal: Refusal) -> Response<ProxyBody> {
     if !rec.is_committed() {
         rec.decision = refusal.decision.clone();
-        if rec.commit(&ctx.ledger).await.is_err() {
+        if rec.commit(&ctx.ledger, &ctx.metrics).await.is_err() {
             return respond(&ledger_unavailable(), Action::Deny, &rec.event_id);
         }
     }

@@ -40,7 +40,12 @@ async fn reload_over_the_api_is_post_only_and_applies_a_new_generation() {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{text}\n# a comment changes the hash\n")).unwrap();
     let applied = proxy.admin("POST", "/v1/reload", Some(ADMIN_TOKEN)).await;
-    assert_eq!(applied.status, 200, "{}", String::from_utf8_lossy(&applied.body));
+    assert_eq!(
+        applied.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&applied.body)
+    );
     // The file watcher may have applied it first; either way the generation moved.
     let policy = proxy.admin("GET", "/v1/policy", Some(ADMIN_TOKEN)).await;
     assert!(policy.json()["generation"].as_u64().unwrap() >= 2);
@@ -56,12 +61,17 @@ async fn ledger_head_is_the_latest_signed_checkpoint() {
     let (proxy, _origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let head = loop {
-        let r = proxy.admin("GET", "/v1/ledger/head", Some(ADMIN_TOKEN)).await;
+        let r = proxy
+            .admin("GET", "/v1/ledger/head", Some(ADMIN_TOKEN))
+            .await;
         if r.status == 200 {
             break r.json();
         }
         assert_eq!(r.status, 404);
-        assert!(tokio::time::Instant::now() < deadline, "no checkpoint in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint in time"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(head["signature"].as_str().unwrap().len(), 128);
@@ -92,7 +102,12 @@ print(json.dumps(out))
         .unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -121,15 +136,27 @@ async fn metrics_parse_and_move_with_allowed_denied_and_streamed_traffic() {
         "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{chat}",
         chat.len()
     );
-    assert_eq!(proxy.h1_request("api.openai.com:443", &allowed).await.status, 200);
+    assert_eq!(
+        proxy
+            .h1_request("api.openai.com:443", &allowed)
+            .await
+            .status,
+        200
+    );
     let denied = "GET /v1/nope HTTP/1.1\r\nHost: api.openai.com\r\nconnection: close\r\n\r\n";
-    assert_eq!(proxy.h1_request("api.openai.com:443", denied).await.status, 403);
+    assert_eq!(
+        proxy.h1_request("api.openai.com:443", denied).await.status,
+        403
+    );
     let streamed = r#"{"model":"claude-3-5-haiku-latest","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let raw = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{streamed}",
         streamed.len()
     );
-    assert_eq!(proxy.h1_request("api.anthropic.com:443", &raw).await.status, 200);
+    assert_eq!(
+        proxy.h1_request("api.anthropic.com:443", &raw).await.status,
+        200
+    );
     // Outcomes (and so tokens) are recorded when the streams end; poll briefly.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let after = loop {
@@ -141,14 +168,25 @@ async fn metrics_parse_and_move_with_allowed_denied_and_streamed_traffic() {
         if tokens >= 5.0 {
             break m;
         }
-        assert!(tokio::time::Instant::now() < deadline, "tokens never moved: {m:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tokens never moved: {m:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let allow_key = "portcullis_requests_total{decision=allow,provider=openai,reason=route_allow,tenant=acme}";
+    let allow_key =
+        "portcullis_requests_total{decision=allow,provider=openai,reason=route_allow,tenant=acme}";
     let deny_key = "portcullis_requests_total{decision=deny,provider=openai,reason=path_not_allowed,tenant=acme}";
-    assert!(sample(&after, allow_key) >= sample(&before, allow_key) + 1.0, "{after:#}");
-    assert!(sample(&after, deny_key) >= sample(&before, deny_key) + 1.0, "{after:#}");
-    let openai_in = "portcullis_tokens_total{direction=input,model=gpt-4o-mini,provider=openai,tenant=acme}";
+    assert!(
+        sample(&after, allow_key) >= sample(&before, allow_key) + 1.0,
+        "{after:#}"
+    );
+    assert!(
+        sample(&after, deny_key) >= sample(&before, deny_key) + 1.0,
+        "{after:#}"
+    );
+    let openai_in =
+        "portcullis_tokens_total{direction=input,model=gpt-4o-mini,provider=openai,tenant=acme}";
     assert_eq!(sample(&after, openai_in), 5.0, "the origin's prompt_tokens");
     let anthropic_in = "portcullis_tokens_total{direction=input,model=claude-3-5-haiku-latest,provider=anthropic,tenant=acme}";
     assert_eq!(sample(&after, anthropic_in), 7.0);
@@ -196,9 +234,11 @@ async fn json_logs_carry_one_decision_line_per_request_with_the_ledgers_field_na
     let mut tls = tls_client(s, &roots, "api.openai.com", &[b"http/1.1"])
         .await
         .unwrap();
-    tls.write_all(b"GET /v1/nope?secret=query HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    tls.write_all(
+        b"GET /v1/nope?secret=query HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let r = read_response(&mut tls).await;
     assert_eq!(r.status, 403);
     let event_id = r.header("x-portcullis-event-id").unwrap();

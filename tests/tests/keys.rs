@@ -380,7 +380,10 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
         .args(["vault", "gen-master-key"])
         .output()
         .unwrap();
-    let new_master = String::from_utf8(new_master.stdout).unwrap().trim().to_owned();
+    let new_master = String::from_utf8(new_master.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
     let rotate = Command::new(portcullis_bin())
         .args(["vault", "rotate-master", "--file"])
         .arg(&file)
@@ -388,7 +391,11 @@ fn vault_cli_reads_the_key_from_stdin_and_lists_only_its_last_four() {
         .env("PORTCULLIS_NEW_MASTER_KEY", &new_master)
         .output()
         .unwrap();
-    assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
     let list_with = |key: &str| {
         Command::new(portcullis_bin())
             .args(["vault", "list", "--file"])

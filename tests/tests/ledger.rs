@@ -257,7 +257,10 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["ready"], false);
     assert!(
-        ready.json()["failing"][0].as_str().unwrap().starts_with("ledger"),
+        ready.json()["failing"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("ledger"),
         "{}",
         ready.json()
     );

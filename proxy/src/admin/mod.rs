@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
 use crate::http::body::{full, ProxyBody};
-use crate::policy::{reload, ReloadError, ReloadOutcome};
+use crate::policy::{reload, reload_result, ReloadError, ReloadOutcome};
 
 /// What the admin API needs besides the shared context.
 pub struct AdminSettings {
@@ -84,7 +84,13 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (Method::GET, "/readyz") => readyz(ctx),
-        (Method::GET, "/metrics") => text(StatusCode::OK, ctx.metrics.render()),
+        (Method::GET, "/metrics") => {
+            // The ledger and the cert cache keep totals; bring the families up to them.
+            ctx.metrics.ledger_stats(ctx.ledger.stats());
+            let certs = ctx.certs.stats();
+            ctx.metrics.cert_stats(certs.hits, certs.misses);
+            text(StatusCode::OK, ctx.metrics.render())
+        }
         (Method::GET, "/v1/policy") => {
             let snap = ctx.policy.load();
             json(
@@ -125,7 +131,10 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "state changes are POST-only"}),
         ),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
     }
 }
 
@@ -181,33 +190,25 @@ async fn reload_now(ctx: &Ctx, s: &AdminSettings) -> Response<ProxyBody> {
             serde_json::json!({"error": ReloadError::NoFile.to_string()}),
         );
     };
-    match reload(&ctx.policy, &ctx.ledger, path, "api").await {
-        Ok(ReloadOutcome::Applied { generation }) => {
-            ctx.metrics.reload("ok");
-            json(
-                StatusCode::OK,
-                serde_json::json!({"result": "applied", "generation": generation}),
-            )
-        }
-        Ok(_) => {
-            ctx.metrics.reload("unchanged");
-            json(StatusCode::OK, serde_json::json!({"result": "unchanged"}))
-        }
+    let result = reload(&ctx.policy, &ctx.ledger, path, "api").await;
+    ctx.metrics.reload(reload_result(&result));
+    match result {
+        Ok(ReloadOutcome::Applied { generation }) => json(
+            StatusCode::OK,
+            serde_json::json!({"result": "applied", "generation": generation}),
+        ),
+        Ok(_) => json(StatusCode::OK, serde_json::json!({"result": "unchanged"})),
         Err(ReloadError::Invalid(errors)) => {
-            ctx.metrics.reload("invalid");
             let list: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
             json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 serde_json::json!({"result": "invalid", "errors": list}),
             )
         }
-        Err(e) => {
-            ctx.metrics.reload("error");
-            json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"result": "error", "error": e.to_string()}),
-            )
-        }
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"result": "error", "error": e.to_string()}),
+        ),
     }
 }
 
@@ -218,7 +219,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    respond(status, "text/plain; version=0.0.4; charset=utf-8", body)
+    respond(status, crate::metrics::CONTENT_TYPE, body)
 }
 
 fn respond(status: StatusCode, ct: &'static str, body: String) -> Response<ProxyBody> {

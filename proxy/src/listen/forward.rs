@@ -13,13 +13,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_rules::{classify_ip, split_host_port, Decision, Host, Mode, Reason};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::ListenerInfo;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
-use crate::flow::{new_nonce, Entry, Flow, Scheme, Target, TunnelVerdict, Wire};
+use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Scheme, Target, TunnelVerdict, Wire};
 use crate::http::body::{empty, ProxyBody};
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked, HDR_EVENT_ID};
@@ -35,7 +34,7 @@ pub async fn serve(
     ctx: Arc<Ctx>,
     info: Arc<ListenerInfo>,
     tcp: TcpStream,
-    permit: OwnedSemaphorePermit,
+    slot: Arc<ConnSlot>,
     span: tracing::Span,
 ) {
     async move {
@@ -47,7 +46,7 @@ pub async fn serve(
                 auth: info.auth.clone(),
             },
             wire: Wire::Http1 { nonce },
-            permit: Arc::new(permit),
+            slot,
         });
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
@@ -98,15 +97,15 @@ async fn connect(
         // A refused CONNECT closes: the bytes after it were meant for a tunnel.
         Err(refusal) => return rescue(&ctx, &mut rec, refusal.close()).await,
     };
-    if rec.commit(&ctx.ledger).await.is_err() {
+    if rec.commit(&ctx.ledger, &ctx.metrics).await.is_err() {
         return rescue(&ctx, &mut rec, ledger_unavailable()).await;
     }
     // A spliced tunnel has no requests of its own to record: its outcome is
     // the CONNECT's.
     let outcome = matches!(tunnel.verdict, TunnelVerdict::Passthrough(_))
-        .then(|| OutcomeGuard::new(&rec, &ctx.ledger, &ctx.outcomes, &ctx.phase));
+        .then(|| OutcomeGuard::new(&rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics));
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let permit = flow.permit.clone();
+    let slot = flow.slot.clone();
     let task_ctx = ctx.clone();
     tokio::spawn(
         async move {
@@ -119,7 +118,7 @@ async fn connect(
             };
             match outcome {
                 Some(outcome) => tls::passthrough(task_ctx, tunnel, upgraded, outcome).await,
-                None => tls::intercept(task_ctx, tunnel, upgraded, permit).await,
+                None => tls::intercept(task_ctx, tunnel, upgraded, slot).await,
             }
         }
         .instrument(tracing::Span::current()),

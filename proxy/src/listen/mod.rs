@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::ctx::Ctx;
+use crate::flow::ConnSlot;
 use crate::flow::Phase;
 
 /// One listener's settings.
@@ -51,9 +52,10 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer, listener = %info.name);
+        let slot = ConnSlot::new(permit, ctx.metrics.connection_opened(&info.name));
         match info.mode {
             ListenerMode::Forward => {
-                tokio::spawn(forward::serve(ctx.clone(), info.clone(), tcp, permit, span));
+                tokio::spawn(forward::serve(ctx.clone(), info.clone(), tcp, slot, span));
             }
             _ => {
                 tracing::error!(listener = %info.name, "listener mode not supported; closing");

@@ -96,10 +96,16 @@ pub async fn budgets(
         return Ok(Admitted::default());
     }
     match ctx.budgets.reserve(&asks).await {
-        Ok(Ok(reservation)) => Ok(Admitted {
-            hold: Some(Hold::new(Arc::clone(&ctx.budgets), reservation)),
-            hard_cap,
-        }),
+        Ok(Ok(reservation)) => {
+            for (scope, left) in &reservation.remaining {
+                ctx.metrics
+                    .budget_remaining(Some(tenant), scope.as_str(), *left);
+            }
+            Ok(Admitted {
+                hold: Some(Hold::new(Arc::clone(&ctx.budgets), reservation)),
+                hard_cap,
+            })
+        }
         Ok(Err(refused)) => {
             let reason = if refused.tokens {
                 Reason::BudgetExceeded

@@ -60,6 +60,7 @@ pub async fn inspect(
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
     let method = parts.method.as_str();
+    let deciding = tokio::time::Instant::now();
     let evaluation = snap.policy.agent(&bound.who.agent).map(|agent| {
         snap.policy.evaluate(
             agent,
@@ -81,6 +82,8 @@ pub async fn inspect(
         )
     });
     drop(header_list);
+    ctx.metrics
+        .phase(crate::metrics::Phase::Decide, deciding.elapsed());
     let Some(evaluation) = evaluation else {
         // The agent was valid at bind under this same snapshot; be safe anyway.
         return Err(Refusal::new(Decision::deny(Reason::AuthFailed)));

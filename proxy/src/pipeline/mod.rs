@@ -70,9 +70,11 @@ async fn run(
         inspected.whole_body.as_deref(),
     )?;
     // record: the decision is durable before anything leaves (audit before act).
-    rec.commit(&ctx.ledger)
+    let waited = tokio::time::Instant::now();
+    rec.commit(&ctx.ledger, &ctx.metrics)
         .await
         .map_err(|_| ledger_unavailable())?;
+    ctx.metrics.ledger_append_wait(waited.elapsed());
     // inject (apply): the agent's credentials out, the provider key in.
     let (mut bound, mut inspected) = (bound, inspected);
     if let Some(injection) = injection {

@@ -21,6 +21,7 @@ use crate::http::body::{empty, End, Metered, ProxyBody, Redacting, Tap};
 use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
 use crate::http::relay::relay;
 use crate::http::usage::{Usage, UsageMeter};
+use crate::metrics::{Phase as MetricPhase, UpstreamErrorKind};
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::Refusal;
 use crate::upstream::{find_connect_error, Checked, ConnectError};
@@ -38,7 +39,7 @@ pub async fn send(
     inspected: Inspected,
     admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase);
+    let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
     guard.hold(admitted.hold);
     let Inspected {
         mut parts,
@@ -57,15 +58,18 @@ pub async fn send(
     let body = Metered::new(body, move |n, _| counter.store(n, Ordering::Relaxed));
     let up_req = Request::from_parts(parts, body.boxed_unsync());
     let client = ctx.upstream.client(&bound.who.tenant, &dest, websocket);
+    let asked = tokio::time::Instant::now();
     let answered =
         tokio::time::timeout(ctx.upstream.response_header_timeout, client.request(up_req)).await;
+    ctx.metrics
+        .phase(MetricPhase::UpstreamTtfb, asked.elapsed());
     let mut resp = match answered {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(fail(guard, upstream_refusal(&e))),
+        Ok(Err(e)) => return Err(fail(ctx, guard, upstream_refusal(&e))),
         Err(_) => {
             let r = Refusal::deny(Reason::UpstreamTimeout)
                 .detail("no response headers from upstream in time");
-            return Err(fail(guard, r));
+            return Err(fail(ctx, guard, r));
         }
     };
     let status = resp.status();
@@ -155,7 +159,10 @@ impl Tap for UsageTap {
 
 /// The upstream failed before answering: the outcome says so, and the client
 /// gets the failure's status.
-fn fail(mut guard: OutcomeGuard, r: Refusal) -> Refusal {
+fn fail(ctx: &Ctx, mut guard: OutcomeGuard, r: Refusal) -> Refusal {
+    if let Some(kind) = UpstreamErrorKind::of(r.decision().reason) {
+        ctx.metrics.upstream_error(kind);
+    }
     guard.status(r.status_code().as_u16());
     guard.finish(0, End::UpstreamError);
     r
@@ -171,7 +178,7 @@ async fn websocket_session(
     upstream: hyper::upgrade::OnUpgrade,
     guard: OutcomeGuard,
 ) {
-    let _permit = flow.permit.clone();
+    let _slot = flow.slot.clone();
     let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
         tracing::info!("websocket upgrade did not complete");
         guard.finish(0, End::ClientAbort);

@@ -90,6 +90,7 @@ impl MemoryBudgets {
             }
         }
         let mut held = Vec::with_capacity(asks.len());
+        let mut remaining = Vec::with_capacity(asks.len());
         for ask in asks {
             let c = map.entry(ask.key.clone()).or_default();
             if ask.requests_per_minute.is_some() {
@@ -97,6 +98,9 @@ impl MemoryBudgets {
             }
             if ask.tokens_per_day.is_some() {
                 c.tokens = c.tokens.saturating_add(ask.tokens);
+                if let Some(limit) = ask.tokens_per_day {
+                    remaining.push((ask.scope, limit.saturating_sub(c.tokens)));
+                }
                 held.push(Held {
                     key: ask.key.clone(),
                     day: c.day,
@@ -104,7 +108,7 @@ impl MemoryBudgets {
                 });
             }
         }
-        Ok(Reservation { held })
+        Ok(Reservation { held, remaining })
     }
 
     fn settle_now(&self, reservation: Reservation, used: u64) {

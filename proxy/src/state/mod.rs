@@ -69,6 +69,8 @@ pub struct Refused {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reservation {
     pub(crate) held: Vec<Held>,
+    /// Tokens left today in each token-budgeted scope, after this reservation.
+    pub remaining: Vec<(Scope, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,24 +15,18 @@ use portcullis_rules::Host;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::Tunnel;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
-use crate::flow::{new_nonce, Entry, Flow, Wire};
+use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Wire};
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
 
 /// Terminates the client's TLS and serves the requests inside.
-pub async fn intercept(
-    ctx: Arc<Ctx>,
-    tun: Tunnel,
-    upgraded: Upgraded,
-    permit: Arc<OwnedSemaphorePermit>,
-) {
+pub async fn intercept(ctx: Arc<Ctx>, tun: Tunnel, upgraded: Upgraded, slot: Arc<ConnSlot>) {
     let io = TokioIo::new(upgraded);
     let hs_timeout = ctx.limits.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -95,7 +89,7 @@ pub async fn intercept(
             listener: tun.listener,
             entry,
             wire: Wire::Http2,
-            permit,
+            slot,
         });
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
@@ -121,7 +115,7 @@ pub async fn intercept(
             listener: tun.listener,
             entry,
             wire: Wire::Http1 { nonce },
-            permit,
+            slot,
         });
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
