@@ -87,6 +87,7 @@ mod state;
 mod tls;
 mod upstream;
 mod vault;
+mod webhook;
 
 pub use app::{start, RunningProxy, Settings, StartError};
 pub use policy::{ReloadError, ReloadOutcome};
