@@ -20,12 +20,13 @@ use crate::admin::AdminSettings;
 use crate::ctx::{Ctx, Limits, TlsServer};
 use crate::flow::Phase;
 use crate::listen::{accept_loop, ListenerInfo};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookResult};
 use crate::policy::{reload, reload_result, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;
 use crate::state::MemoryBudgets;
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
 use crate::vault::Keys;
+use crate::webhook::{DeliveryResult, WebhookOptions, WebhookSender, Webhooks};
 
 /// A spliced tunnel or WebSocket session with no traffic for this long closes.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -81,6 +82,8 @@ pub struct RunningProxy {
     config_path: Option<PathBuf>,
     phase: watch::Sender<Phase>,
     tasks: JoinSet<()>,
+    /// Webhook delivery; stopped last (a notice in flight at exit is lost).
+    webhook_task: tokio::task::JoinHandle<()>,
     conns: Arc<Semaphore>,
     max_conns: u32,
     grace: Duration,
@@ -134,6 +137,24 @@ impl RunningProxy {
         if let Err(e) = self.ledger.shutdown().await {
             tracing::error!(error = %e.full_message(), "ledger shutdown failed");
         }
+        self.webhook_task.abort();
+    }
+}
+
+/// The operator's extra CAs also let webhooks reach private receivers.
+fn extra_roots(files: &[PathBuf]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    files
+        .iter()
+        .filter_map(|p| crate::upstream::load_pem_certs(p).ok())
+        .flatten()
+        .collect()
+}
+
+fn webhook_result(r: DeliveryResult) -> WebhookResult {
+    match r {
+        DeliveryResult::Delivered => WebhookResult::Ok,
+        DeliveryResult::Dropped => WebhookResult::Dropped,
+        _ => WebhookResult::Failed,
     }
 }
 
@@ -181,6 +202,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         Keys::none()
     };
     let vault_scanner = keys.scanner();
+    let keys = Arc::new(keys);
 
     let ledger_dir = resolve_path(&base, &cfg.ledger.dir);
     let ledger = Ledger::open(LedgerOptions {
@@ -261,9 +283,18 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let listener_names: Vec<String> = cfg.listeners.iter().map(|l| l.name.clone()).collect();
     let metrics = Metrics::new(cfg.policy.tenants(), &listener_names);
+    let policy = Arc::new(PolicyHolder::new(cfg.policy.clone()));
+    let counted = metrics.clone();
+    let (sender, webhook_task) = WebhookSender::start(WebhookOptions {
+        extra_roots: extra_roots(&extra_ca),
+        on_result: Arc::new(move |r| counted.webhook(webhook_result(r))),
+        ..WebhookOptions::default()
+    });
+    let webhooks = Webhooks::new(sender, policy.clone(), keys.clone());
     let ctx = Arc::new(Ctx {
-        policy: Arc::new(PolicyHolder::new(cfg.policy.clone())),
+        policy,
         keys,
+        webhooks,
         vault: vault_scanner,
         budgets: Arc::new(MemoryBudgets::default()),
         metrics: metrics.clone(),
@@ -333,6 +364,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         config_path: settings.config_path,
         phase: phase_tx,
         tasks,
+        webhook_task,
         conns,
         max_conns,
         grace: cfg.limits.shutdown_grace,

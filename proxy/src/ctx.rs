@@ -17,6 +17,7 @@ use crate::record::Outcomes;
 use crate::state::Budgets;
 use crate::upstream::Upstream;
 use crate::vault::Keys;
+use crate::webhook::Webhooks;
 
 /// Limits copied out of the config for the hot path.
 #[derive(Clone, Copy, Debug)]
@@ -40,13 +41,15 @@ pub struct TlsServer {
 pub struct Ctx {
     pub policy: Arc<PolicyHolder>,
     /// The provider keys, decrypted from the vault at start.
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     /// Exact-value scanner for every vault key (blocks leaks, redacts echoes).
     pub vault: portcullis_rules::VaultScanner,
     /// Token budgets and rate limits.
     pub budgets: Arc<dyn Budgets>,
     /// The one metric catalog.
     pub metrics: Metrics,
+    /// Signed notices of deny, warn and narrow decisions to tenants' receivers.
+    pub webhooks: Webhooks,
     pub ledger: Ledger,
     pub outcomes: Outcomes,
     pub certs: LeafCache,

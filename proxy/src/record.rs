@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_ledger::{DecisionFacts, Health, Ledger, LedgerError, OutcomeFacts};
-use portcullis_rules::{Classification, Decision, Reason};
+use portcullis_rules::{Action, Classification, Decision, Reason};
 use tokio::sync::{watch, Notify};
 
 use crate::flow::Phase;
@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::metrics::{Metrics, Phase as MetricPhase};
 use crate::policy::PolicySnapshot;
 use crate::state::Hold;
+use crate::webhook::Webhooks;
 
 /// The field names of the log lines: the ledger's record field names.
 pub mod field {
@@ -183,7 +184,12 @@ impl RequestRecord {
 
     /// Logs the decision line and makes the ledger record durable. On `Err`
     /// the request must fail closed.
-    pub async fn commit(&mut self, ledger: &Ledger, metrics: &Metrics) -> Result<(), LedgerError> {
+    pub async fn commit(
+        &mut self,
+        ledger: &Ledger,
+        metrics: &Metrics,
+        webhooks: &Webhooks,
+    ) -> Result<(), LedgerError> {
         let facts = self.facts();
         self.log(&facts);
         metrics.request(
@@ -192,9 +198,22 @@ impl RequestRecord {
             &facts.reason,
             facts.provider.as_deref(),
         );
+        let notice = webhook_event(self.decision.action).map(|event| (event, facts.clone()));
         match ledger.append_decision(facts).await {
-            Ok(_) => {
+            Ok(appended) => {
                 self.committed = true;
+                // The body is the ledger record itself: content-free by construction.
+                if let Some((event, facts)) = notice {
+                    webhooks.notify(facts.tenant.as_deref(), event, &self.event_id, || {
+                        let mut v = serde_json::to_value(&facts).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("kind".into(), "decision".into());
+                            o.insert("seq".into(), appended.seq.into());
+                            o.insert("hash".into(), appended.hash.into());
+                        }
+                        v.to_string().into_bytes()
+                    });
+                }
                 Ok(())
             }
             Err(e) => {
@@ -212,6 +231,16 @@ impl RequestRecord {
                 Err(e)
             }
         }
+    }
+}
+
+/// The webhook event a decision raises, if any.
+fn webhook_event(action: Action) -> Option<&'static str> {
+    match action {
+        Action::Deny => Some("deny"),
+        Action::Warn => Some("warn"),
+        Action::Narrow => Some("narrow"),
+        _ => None,
     }
 }
 

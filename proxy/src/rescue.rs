@@ -104,7 +104,11 @@ impl Refusal {
 pub async fn rescue(ctx: &Ctx, rec: &mut RequestRecord, refusal: Refusal) -> Response<ProxyBody> {
     if !rec.is_committed() {
         rec.decision = refusal.decision.clone();
-        if rec.commit(&ctx.ledger, &ctx.metrics).await.is_err() {
+        if rec
+            .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+            .await
+            .is_err()
+        {
             return respond(&ledger_unavailable(), Action::Deny, &rec.event_id);
         }
     }

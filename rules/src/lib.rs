@@ -117,6 +117,7 @@ mod policy;
 mod reason;
 mod route;
 mod ssrf;
+mod webhook;
 
 pub use agent::Agent;
 pub use budget::BudgetSpec;
@@ -143,3 +144,4 @@ pub use policy::Policy;
 pub use reason::{Action, Reason};
 pub use route::{Mode, ModelPattern, PathPattern, RequestFacts, Route};
 pub use ssrf::{classify_ip, SsrfClass};
+pub use webhook::{WebhookSpec, WEBHOOK_EVENTS};

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::app::{resolve_path, start, Settings};
 
 mod vault;
+mod webhook;
 
 /// Exit code for an invalid config file (EX_CONFIG-style, as linkerd does).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -75,6 +76,9 @@ enum Command {
     /// Manage the provider keys the proxy injects (stored encrypted with AES-256-GCM).
     #[command(subcommand)]
     Vault(vault::VaultCommand),
+    /// Webhook helpers for receivers.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,6 +188,7 @@ pub fn main() -> ExitCode {
         Some(Command::Agent(AgentCommand::HashToken)) => hash_token(),
         Some(Command::Ledger(c)) => Ok(ledger(c)),
         Some(Command::Vault(c)) => vault::vault(c),
+        Some(Command::Webhook(c)) => webhook::webhook(c),
     };
     match result {
         Ok(code) => code,

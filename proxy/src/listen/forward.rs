@@ -97,7 +97,11 @@ async fn connect(
         // A refused CONNECT closes: the bytes after it were meant for a tunnel.
         Err(refusal) => return rescue(&ctx, &mut rec, refusal.close()).await,
     };
-    if rec.commit(&ctx.ledger, &ctx.metrics).await.is_err() {
+    if rec
+        .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+        .await
+        .is_err()
+    {
         return rescue(&ctx, &mut rec, ledger_unavailable()).await;
     }
     // A spliced tunnel has no requests of its own to record: its outcome is

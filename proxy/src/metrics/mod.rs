@@ -571,7 +571,6 @@ impl Metrics {
         self.inner.ledger_sync.observe(took.as_secs_f64());
     }
 
-    #[allow(dead_code)] // recorded by webhook delivery
     pub fn webhook(&self, result: WebhookResult) {
         self.inner.webhooks[result as usize].inc();
     }

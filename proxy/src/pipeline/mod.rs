@@ -71,7 +71,7 @@ async fn run(
     )?;
     // record: the decision is durable before anything leaves (audit before act).
     let waited = tokio::time::Instant::now();
-    rec.commit(&ctx.ledger, &ctx.metrics)
+    rec.commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
         .await
         .map_err(|_| ledger_unavailable())?;
     ctx.metrics.ledger_append_wait(waited.elapsed());

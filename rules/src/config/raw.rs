@@ -103,6 +103,14 @@ pub(super) struct RawVault {
 pub(super) struct RawTenant {
     pub(super) id: Option<S<String>>,
     pub(super) budget: Option<S<RawBudget>>,
+    pub(super) webhook: Option<S<RawWebhook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) url: Option<S<String>>,
+    pub(super) events: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Deserialize)]

@@ -116,7 +116,12 @@ const VAULT: Table = Table {
 
 const TENANT: Table = Table {
     name: "a [[tenants]] entry",
-    keys: &[("id", V), ("budget", T(&BUDGET))],
+    keys: &[("id", V), ("budget", T(&BUDGET)), ("webhook", T(&WEBHOOK))],
+};
+
+const WEBHOOK: Table = Table {
+    name: "a tenant's `webhook`",
+    keys: &[("url", V), ("events", V)],
 };
 
 const AGENT: Table = Table {

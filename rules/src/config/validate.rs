@@ -10,8 +10,9 @@ use crate::agent::Agent;
 use crate::budget::BudgetSpec;
 use crate::catalog::Catalog;
 use crate::policy::Policy;
+use crate::webhook::{WebhookSpec, WEBHOOK_EVENTS};
 
-use super::raw::{RawAgent, RawBudget, RawConfig, RawTenant, S};
+use super::raw::{RawAgent, RawBudget, RawConfig, RawTenant, RawWebhook, S};
 use super::values::{line_col, parse_token_hash, validate_id};
 use super::{Config, ConfigError, ConfigErrors};
 
@@ -94,7 +95,7 @@ impl Errors<'_> {
 
         // References are checked against every declared id, valid or not, so that one
         // broken agent does not also produce an error at each place that names it.
-        let (tenants, tenant_budgets) = self.tenants(raw.tenants);
+        let (tenants, (tenant_budgets, tenant_webhooks)) = self.tenants(raw.tenants);
         let (agent_ids, agents) = self.agents(raw.agents, &tenants);
         let (provider_ids, providers) = self.providers(raw.providers);
         let catalog = Catalog::new(providers);
@@ -125,6 +126,7 @@ impl Errors<'_> {
             policy: Arc::new(Policy::new(
                 tenants,
                 tenant_budgets,
+                tenant_webhooks,
                 agents,
                 routes,
                 catalog,
@@ -153,17 +155,16 @@ impl Errors<'_> {
     }
 
     /// The declared tenant ids, and the budgets of those that have one.
-    pub(super) fn tenants(
-        &mut self,
-        raw: Vec<S<RawTenant>>,
-    ) -> (OrderedIds, HashMap<String, BudgetSpec>) {
+    pub(super) fn tenants(&mut self, raw: Vec<S<RawTenant>>) -> (OrderedIds, TenantSettings) {
         let mut seen = Seen::new();
         let mut ids = OrderedIds::default();
         let mut budgets = HashMap::new();
+        let mut webhooks = HashMap::new();
         for tenant in raw {
             let span = tenant.span();
             let tenant = tenant.into_inner();
             let budget = self.budget(tenant.budget.as_ref());
+            let webhook = tenant.webhook.as_ref().and_then(|w| self.webhook(w));
             match &tenant.id {
                 None => self.at_table(&span, "tenant needs an `id`, as in `id = \"acme\"`"),
                 Some(id) => {
@@ -171,12 +172,78 @@ impl Errors<'_> {
                         if let Some(budget) = budget {
                             budgets.insert(id.clone(), budget);
                         }
+                        if let Some(webhook) = webhook {
+                            webhooks.insert(id.clone(), webhook);
+                        }
                         ids.push(id);
                     }
                 }
             }
         }
-        (ids, budgets)
+        (ids, (budgets, webhooks))
+    }
+
+    /// `webhook = { url, events }`: an http(s) URL and known event names.
+    fn webhook(&mut self, raw: &S<RawWebhook>) -> Option<WebhookSpec> {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let url = match &raw.url {
+            None => {
+                self.at(&span, "a webhook needs a `url`, as in `url = \"https://hooks.example.com/portcullis\"`");
+                None
+            }
+            Some(url) => {
+                let u = url.get_ref();
+                let rest = u
+                    .strip_prefix("https://")
+                    .or_else(|| u.strip_prefix("http://"));
+                match rest {
+                    Some(r)
+                        if !r.is_empty()
+                            && !r.starts_with('/')
+                            && !u.contains(char::is_whitespace) =>
+                    {
+                        Some(u.clone())
+                    }
+                    _ => {
+                        self.at(
+                            &url.span(),
+                            format!(
+                                "webhook url `{u}` is not an http:// or https:// URL with a host"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let mut events = Vec::new();
+        match &raw.events {
+            None => events.push("all".to_owned()),
+            Some(list) if list.get_ref().is_empty() => {
+                self.at(
+                    &list.span(),
+                    "`events` is empty; name at least one, or leave it out for all",
+                );
+            }
+            Some(list) => {
+                for e in list.get_ref() {
+                    if WEBHOOK_EVENTS.contains(&e.get_ref().as_str()) {
+                        events.push(e.get_ref().clone());
+                    } else {
+                        self.at(
+                            &e.span(),
+                            format!(
+                                "unknown webhook event `{}`; use one of {}",
+                                e.get_ref(),
+                                WEBHOOK_EVENTS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Some(WebhookSpec { url: url?, events })
     }
 
     /// `budget = { tokens_per_day, requests_per_minute, default_reserve, hard_cap }`:
@@ -302,6 +369,9 @@ impl Errors<'_> {
         (ids, agents)
     }
 }
+
+/// Per-tenant settings: budgets and webhooks, by tenant id.
+pub(super) type TenantSettings = (HashMap<String, BudgetSpec>, HashMap<String, WebhookSpec>);
 
 /// The ids a route may refer to.
 pub(super) struct Known<'a> {

@@ -18,6 +18,7 @@ use crate::decision::Decision;
 use crate::host::Host;
 use crate::reason::{Action, Reason};
 use crate::route::{Mode, RequestFacts, Route};
+use crate::webhook::WebhookSpec;
 
 mod index;
 
@@ -28,6 +29,7 @@ use index::HostIndex;
 pub struct Policy {
     tenants: Vec<String>,
     tenant_budgets: HashMap<String, BudgetSpec>,
+    tenant_webhooks: HashMap<String, WebhookSpec>,
     agents: Vec<Agent>,
     agent_index: HashMap<String, usize>,
     routes: Vec<Arc<Route>>,
@@ -45,6 +47,7 @@ impl Policy {
     pub(crate) fn new(
         tenants: Vec<String>,
         tenant_budgets: HashMap<String, BudgetSpec>,
+        tenant_webhooks: HashMap<String, WebhookSpec>,
         agents: Vec<Agent>,
         routes: Vec<Route>,
         catalog: Catalog,
@@ -60,6 +63,7 @@ impl Policy {
         Policy {
             tenants,
             tenant_budgets,
+            tenant_webhooks,
             agents,
             agent_index,
             routes,
@@ -97,6 +101,11 @@ impl Policy {
     /// The budget of tenant `tenant`, if its `[[tenants]]` entry has one.
     pub fn tenant_budget(&self, tenant: &str) -> Option<&BudgetSpec> {
         self.tenant_budgets.get(tenant)
+    }
+
+    /// The tenant's webhook, if it has one.
+    pub fn tenant_webhook(&self, tenant: &str) -> Option<&WebhookSpec> {
+        self.tenant_webhooks.get(tenant)
     }
 
     /// The declared agents, in file order.
