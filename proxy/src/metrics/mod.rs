@@ -400,7 +400,7 @@ impl Metrics {
                 r,
                 name::LEDGER_BATCH_SIZE,
                 "Records per ledger write batch (group commit).",
-                exponential_buckets(1.0, 2.0, 13).expect(VALID),
+                exponential_buckets(1.0, 2.0, 13).expect(VALID), // invariant: static buckets (tested)
             ),
             ledger_last: Mutex::new(LedgerStats::default()),
             cert_last: Mutex::new((0, 0)),

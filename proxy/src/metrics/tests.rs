@@ -1,3 +1,4 @@
+// Compiled only under #[cfg(test)] (declared in mod.rs).
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::distr::{Alphanumeric, SampleString};

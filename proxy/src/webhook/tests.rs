@@ -1,3 +1,4 @@
+// Compiled only under #[cfg(test)] (declared in mod.rs).
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
