@@ -23,7 +23,7 @@ use crate::listen::{accept_loop, ListenerInfo};
 use crate::metrics::{Metrics, WebhookResult};
 use crate::policy::{reload, reload_result, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;
-use crate::state::MemoryBudgets;
+use crate::state::{Approvals, MemoryBudgets};
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
 use crate::vault::Keys;
 use crate::webhook::{DeliveryResult, WebhookOptions, WebhookSender, Webhooks};
@@ -297,6 +297,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         webhooks,
         vault: vault_scanner,
         budgets: Arc::new(MemoryBudgets::default()),
+        approvals: Approvals::default(),
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),

@@ -14,7 +14,7 @@ use crate::flow::Phase;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHolder;
 use crate::record::Outcomes;
-use crate::state::Budgets;
+use crate::state::{Approvals, Budgets};
 use crate::upstream::Upstream;
 use crate::vault::Keys;
 use crate::webhook::Webhooks;
@@ -46,6 +46,8 @@ pub struct Ctx {
     pub vault: portcullis_rules::VaultScanner,
     /// Token budgets and rate limits.
     pub budgets: Arc<dyn Budgets>,
+    /// Requests held for an approver.
+    pub approvals: Approvals,
     /// The one metric catalog.
     pub metrics: Metrics,
     /// Signed notices of deny, warn and narrow decisions to tenants' receivers.

@@ -235,6 +235,10 @@ impl Policy {
                 };
                 narrow_request(self, &facts, class, hits)
             }
+            Action::Approve => {
+                let decision = Decision::new(Action::Approve, Reason::RouteApprove, Some(route));
+                finish(decision, class, hits, None).bounded_by(&body)
+            }
             Action::Warn => {
                 let decision = Decision::new(
                     Action::Warn,

@@ -158,6 +158,7 @@ fn reason_for(action: Action) -> Reason {
         Action::Deny => Reason::RouteDeny,
         Action::Narrow => Reason::RouteNarrow,
         Action::Warn => Reason::RouteWarn,
+        Action::Approve => Reason::RouteApprove,
         _ => Reason::RouteAllow,
     }
 }

@@ -16,6 +16,8 @@ pub enum Action {
     Narrow,
     /// Forward it, but mark the record and notify.
     Warn,
+    /// Hold it until an approver approves or denies it, or it times out.
+    Approve,
 }
 
 impl Action {
@@ -27,6 +29,7 @@ impl Action {
             Action::Deny => "deny",
             Action::Narrow => "narrow",
             Action::Warn => "warn",
+            Action::Approve => "approve",
         }
     }
 
@@ -119,6 +122,12 @@ pub enum Reason {
     RouteNarrow,
     /// A warn route matched.
     RouteWarn,
+    /// An approve route matched: the request is held for an approver.
+    RouteApprove,
+    /// An approver approved the held request.
+    ApprovalGranted,
+    /// A grant from an earlier approval let the request through without a hold.
+    ApprovalGrantUsed,
 }
 
 impl Reason {
@@ -159,6 +168,9 @@ impl Reason {
         Reason::KeyUnavailable,
         Reason::RouteNarrow,
         Reason::RouteWarn,
+        Reason::RouteApprove,
+        Reason::ApprovalGranted,
+        Reason::ApprovalGrantUsed,
     ];
 
     /// The stable snake_case code.
@@ -199,6 +211,9 @@ impl Reason {
             Reason::KeyUnavailable => "key_unavailable",
             Reason::RouteNarrow => "route_narrow",
             Reason::RouteWarn => "route_warn",
+            Reason::RouteApprove => "route_approve",
+            Reason::ApprovalGranted => "approval_granted",
+            Reason::ApprovalGrantUsed => "approval_grant_used",
         }
     }
 
@@ -274,6 +289,9 @@ impl Reason {
             }
             Reason::RouteNarrow => "The request is allowed by policy within narrowed bounds.",
             Reason::RouteWarn => "The request is allowed by policy and flagged for review.",
+            Reason::RouteApprove => "The request is held until an approver decides.",
+            Reason::ApprovalGranted => "An approver approved this request.",
+            Reason::ApprovalGrantUsed => "An earlier approval covers this request.",
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Route {
     pub mode: Mode,
     /// Whether WebSocket upgrades may use this (allow) route. Default false.
     pub websocket: bool,
+    /// How long an approve route holds a request before denying it. Default 120 s.
+    pub approval_timeout: std::time::Duration,
     /// Whether absolute-form `http://` requests may use this (allow) route. Default false.
     pub allow_plaintext: bool,
     /// SSRF opt-in: resolved addresses in these networks may be dialled for this route.

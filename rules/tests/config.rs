@@ -85,9 +85,9 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("route_empty_paths", 15, "empty `paths` list"),
     ("action_missing", 12, "route needs an `action`"),
     (
-        "action_unsupported",
-        15,
-        "action \"approve\" is not supported yet",
+        "approve_passthrough",
+        12,
+        "cannot hold requests for approval",
     ),
     ("action_unknown", 15, "unknown action \"permit\""),
     // Key injection and budgets.
@@ -381,7 +381,7 @@ fn a_file_with_several_errors_reports_all_of_them_at_once_in_file_order() {
         (16, "port 0 is out of range"),
         (17, "unknown method `FETCH`"),
         (18, "must start with `/`"),
-        (19, "action \"approve\" is not supported yet"),
+        (19, "unknown action \"hold\""),
         (22, "is not a duration"),
         (26, "force_unauthenticated = true"),
     ];

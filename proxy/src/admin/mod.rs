@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,6 +28,7 @@ use crate::ctx::Ctx;
 use crate::flow::Phase;
 use crate::http::body::{full, ProxyBody};
 use crate::policy::{reload, reload_result, ReloadError, ReloadOutcome};
+use crate::state::Verdict;
 
 /// What the admin API needs besides the shared context.
 pub struct AdminSettings {
@@ -123,6 +125,18 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
             ),
         },
         (Method::POST, "/v1/reload") => reload_now(ctx, s).await,
+        (Method::GET, "/v1/approvals") => json(
+            StatusCode::OK,
+            serde_json::json!({"approvals": ctx.approvals.list()}),
+        ),
+        (Method::POST, p) if p.starts_with("/v1/approvals/") => {
+            let id = p.trim_start_matches("/v1/approvals/").to_owned();
+            decide(ctx, &id, req).await
+        }
+        (_, p) if p == "/v1/approvals" || p.starts_with("/v1/approvals/") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "list with GET /v1/approvals; decide with POST /v1/approvals/{id}"}),
+        ),
         (_, "/healthz" | "/readyz" | "/metrics" | "/v1/policy" | "/v1/ledger/head") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "use GET"}),
@@ -181,6 +195,56 @@ fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, body)
+}
+
+/// `POST /v1/approvals/{id}` with `{"decision":"approve"|"deny","grant":"once"|"for:10m"}`.
+async fn decide(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+    let bad = |msg: &str| json(StatusCode::BAD_REQUEST, serde_json::json!({"error": msg}));
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
+        return bad("the body could not be read (at most 4 KiB)");
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return bad("the body is not JSON: {\"decision\":\"approve\"|\"deny\",\"grant\":\"once\"|\"for:10m\"}");
+    };
+    let verdict = match (v["decision"].as_str(), v["grant"].as_str()) {
+        (Some("deny"), _) => Verdict::Deny,
+        (Some("approve"), None | Some("once")) => Verdict::Approve { grant: None },
+        (Some("approve"), Some(g)) => match g.strip_prefix("for:").and_then(parse_grant) {
+            Some(d) => Verdict::Approve { grant: Some(d) },
+            None => return bad("grant is \"once\" or \"for:<n>s|m|h\", as in \"for:10m\""),
+        },
+        _ => return bad("decision is \"approve\" or \"deny\""),
+    };
+    match ctx.approvals.decide(id, verdict) {
+        Ok(held) => {
+            tracing::info!(id, route = %held.route, ?verdict, "approval decided");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"id": id, "decision": v["decision"], "route": held.route}),
+            )
+        }
+        Err(e) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// `10s`, `10m`, `2h`: a grant's length (at most a day).
+fn parse_grant(s: &str) -> Option<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    (secs > 0 && secs <= 86_400).then(|| Duration::from_secs(secs))
 }
 
 async fn reload_now(ctx: &Ctx, s: &AdminSettings) -> Response<ProxyBody> {

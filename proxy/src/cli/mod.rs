@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::app::{resolve_path, start, Settings};
 
+mod approvals;
 mod vault;
 mod webhook;
 
@@ -79,6 +80,9 @@ enum Command {
     /// Webhook helpers for receivers.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// List and decide requests held for approval (through the admin API).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +193,7 @@ pub fn main() -> ExitCode {
         Some(Command::Ledger(c)) => Ok(ledger(c)),
         Some(Command::Vault(c)) => vault::vault(c),
         Some(Command::Webhook(c)) => webhook::webhook(c),
+        Some(Command::Approvals(c)) => approvals::approvals(c),
     };
     match result {
         Ok(code) => code,

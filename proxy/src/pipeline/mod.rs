@@ -6,6 +6,7 @@
 //! phase recorded one yet) and answers the client. There is no other way out.
 
 mod admit;
+mod approve;
 mod bind;
 mod inject;
 mod inspect;
@@ -51,7 +52,9 @@ async fn run(
     // act (deny): answered locally, after rescue records it. So is any action
     // this driver cannot carry out: fail closed.
     let route = match (&rec.decision.route, rec.decision.action) {
-        (Some(route), Action::Allow | Action::Warn | Action::Narrow) => route.clone(),
+        (Some(route), Action::Allow | Action::Warn | Action::Narrow | Action::Approve) => {
+            route.clone()
+        }
         _ => return Err(Refusal::new(rec.decision.clone())),
     };
     // admit: the one DNS lookup, every address checked against the SSRF table
@@ -69,12 +72,20 @@ async fn run(
         &bound,
         inspected.whole_body.as_deref(),
     )?;
+    // approve: an approve route holds the request for a human; each step of
+    // the hold is its own record.
+    if rec.decision.action == Action::Approve {
+        let size = inspected.whole_body.as_ref().map_or(0, |b| b.len() as u64);
+        approve::hold(ctx, rec, &bound, &route, size).await?;
+    }
     // record: the decision is durable before anything leaves (audit before act).
-    let waited = tokio::time::Instant::now();
-    rec.commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
-        .await
-        .map_err(|_| ledger_unavailable())?;
-    ctx.metrics.ledger_append_wait(waited.elapsed());
+    if !rec.is_committed() {
+        let waited = tokio::time::Instant::now();
+        rec.commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+            .await
+            .map_err(|_| ledger_unavailable())?;
+        ctx.metrics.ledger_append_wait(waited.elapsed());
+    }
     // inject (apply): the agent's credentials out, the provider key in.
     let (mut bound, mut inspected) = (bound, inspected);
     if let Some(injection) = injection {

@@ -11,12 +11,14 @@
 //! place for several replicas. Keys are namespaced by tenant:
 //! `portcullis:{tenant}:{scope}:{id}`.
 
+mod approvals;
 mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use approvals::{Approvals, Ended, Held as HeldRequest, Verdict};
 pub use memory::MemoryBudgets;
 
 /// What a limit applies to.

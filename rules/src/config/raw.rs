@@ -135,6 +135,7 @@ pub(super) struct RawRoute {
     pub(super) action: Option<S<String>>,
     pub(super) mode: Option<S<String>>,
     pub(super) websocket: Option<bool>,
+    pub(super) approval_timeout: Option<S<RawDuration>>,
     pub(super) allow_plaintext: Option<bool>,
     pub(super) allow_private: Option<Vec<S<String>>>,
     pub(super) models: Option<S<Vec<S<String>>>>,

@@ -19,6 +19,9 @@ use super::values::{
     parse_auth_format, parse_auth_header, parse_method, parse_net, parse_operation,
 };
 
+/// How long an approve route holds a request when it names no `approval_timeout`.
+const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Errors<'_> {
     pub(super) fn routes(&mut self, raw: Vec<S<RawRoute>>, known: &Known<'_>) -> Vec<Route> {
         let mut seen = Seen::new();
@@ -73,6 +76,22 @@ impl Errors<'_> {
         });
         let detectors = self.route_detectors(raw.detectors.as_ref());
         let narrow = self.route_narrow(raw.narrow.as_ref(), raw.action.as_ref(), action, &models);
+        let approval_span = raw.approval_timeout.as_ref().map(|t| t.span());
+        let approval_timeout = self
+            .duration(raw.approval_timeout, false)
+            .unwrap_or(DEFAULT_APPROVAL_TIMEOUT);
+        if let (Some(span), false) = (&approval_span, action == Action::Approve) {
+            self.at(
+                span,
+                "`approval_timeout` only applies to a route with action = \"approve\"; remove it",
+            );
+        }
+        if action == Action::Approve && mode == Mode::Passthrough {
+            self.at_table(
+                &span,
+                "a passthrough route cannot hold requests for approval (the proxy never sees them); use mode = \"intercept\"",
+            );
+        }
         let inject_key = self.route_inject_key(
             raw.inject_key.as_ref(),
             action,
@@ -151,6 +170,7 @@ impl Errors<'_> {
             narrow,
             mode,
             websocket: raw.websocket.unwrap_or(false),
+            approval_timeout,
             allow_plaintext,
             allow_private,
             inject_key,
@@ -262,7 +282,7 @@ impl Errors<'_> {
         route_span: &Range<usize>,
         raw: Option<&S<String>>,
     ) -> Action {
-        let choices = "\"allow\", \"deny\", \"narrow\" or \"warn\"";
+        let choices = "\"allow\", \"deny\", \"narrow\", \"warn\" or \"approve\"";
         let Some(action) = raw else {
             self.at_table(route_span, format!("route needs an `action`: {choices}"));
             return Action::Deny;
@@ -272,13 +292,7 @@ impl Errors<'_> {
             "deny" => Action::Deny,
             "narrow" => Action::Narrow,
             "warn" => Action::Warn,
-            other @ "approve" => {
-                self.at(
-                    &action.span(),
-                    format!("action \"{other}\" is not supported yet by this version of Portcullis; use {choices}"),
-                );
-                Action::Deny
-            }
+            "approve" => Action::Approve,
             other => {
                 self.at(
                     &action.span(),

@@ -147,6 +147,7 @@ const ROUTE: Table = Table {
         ("action", V),
         ("mode", V),
         ("websocket", V),
+        ("approval_timeout", V),
         ("allow_plaintext", V),
         ("allow_private", V),
         ("models", V),

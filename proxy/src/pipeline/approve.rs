@@ -1,0 +1,79 @@
+//! Phase `approve` (SPEC §10): a request on an approve route waits for a human.
+//!
+//! Its detectors ran and its budget is reserved before the hold. The hold is
+//! recorded (`approve`, `route_approve`) and announced (`approval.requested`
+//! webhook); then the request waits for `POST /v1/approvals/{id}`, or its
+//! route's `approval_timeout`. Each ending is a ledger record of its own:
+//! `approval_granted`, `approval_denied` or `approval_timeout`. A client that
+//! goes away while held gets an outcome record and nothing is forwarded. An
+//! approval with a grant lets later requests of the same agent on the same
+//! route through without a hold (`approval_grant_used`) until it expires.
+
+use std::sync::Arc;
+
+use portcullis_rules::{Action, Decision, Reason, Route};
+
+use super::bind::Bound;
+use crate::ctx::Ctx;
+use crate::record::{OutcomeGuard, RequestRecord};
+use crate::rescue::{ledger_unavailable, Refusal};
+use crate::state::{Ended, HeldRequest, Verdict};
+
+pub async fn hold(
+    ctx: &Ctx,
+    rec: &mut RequestRecord,
+    bound: &Bound,
+    route: &Arc<Route>,
+    size: u64,
+) -> Result<(), Refusal> {
+    if ctx.approvals.granted(&bound.who.agent, &route.id) {
+        rec.decision = keep_hits(rec, Action::Allow, Reason::ApprovalGrantUsed, route);
+        return Ok(());
+    }
+    // The hold itself is evidence, and is announced.
+    commit(ctx, rec).await?;
+    let held = HeldRequest::new(
+        rec.event_id.clone(),
+        bound.who.tenant.clone(),
+        bound.who.agent.clone(),
+        route.id.clone(),
+        rec.method.clone().unwrap_or_default(),
+        bound.target.host.to_string(),
+        crate::record::path_template(&bound.path),
+        rec.classification.as_ref().and_then(|c| c.model.clone()),
+        size,
+        rec.decision.detectors.clone(),
+    );
+    // Writes an outcome only if the client goes away while the request is held.
+    let abandoned = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
+    let waiter = ctx.approvals.hold(held, route.approval_timeout);
+    ctx.metrics.approvals_pending(ctx.approvals.pending());
+    tracing::info!(id = waiter.id(), route = %route.id, "request held for approval");
+    let ended = waiter.wait().await;
+    ctx.metrics.approvals_pending(ctx.approvals.pending());
+    abandoned.disarm();
+    let (action, reason) = match ended {
+        Ended::Decided(Verdict::Approve { .. }) => (Action::Allow, Reason::ApprovalGranted),
+        Ended::Decided(Verdict::Deny) => (Action::Deny, Reason::ApprovalDenied),
+        Ended::TimedOut => (Action::Deny, Reason::ApprovalTimeout),
+    };
+    rec.decision = keep_hits(rec, action, reason, route);
+    commit(ctx, rec).await?;
+    if action == Action::Allow {
+        Ok(())
+    } else {
+        Err(Refusal::new(rec.decision.clone()))
+    }
+}
+
+fn keep_hits(rec: &RequestRecord, action: Action, reason: Reason, route: &Arc<Route>) -> Decision {
+    let mut d = Decision::new(action, reason, Some(route.clone()));
+    d.detectors = rec.decision.detectors.clone();
+    d
+}
+
+async fn commit(ctx: &Ctx, rec: &mut RequestRecord) -> Result<(), Refusal> {
+    rec.commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+        .await
+        .map_err(|_| ledger_unavailable())
+}
