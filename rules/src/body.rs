@@ -23,7 +23,6 @@
 //! instead, where `\u`-escaped text would be invisible.
 
 use std::cell::OnceCell;
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -52,19 +51,54 @@ pub(crate) enum Parsed<'a> {
 }
 
 /// A strictly parsed JSON body.
+/// A top-level member's key and the byte range of its value's text.
+type MemberSpan = (String, std::ops::Range<usize>);
+
 #[derive(Debug)]
 pub(crate) struct Document<'a> {
     /// The whole body.
     pub(crate) value: Value,
-    /// For an object body, its members in body order with their exact text; empty
-    /// otherwise. Keys are unique.
-    pub(crate) members: Vec<(String, &'a RawValue)>,
+    /// The body's text, already checked strictly.
+    text: &'a str,
+    /// For an object body, its members in body order, as byte ranges of `text`.
+    /// Only narrowing needs them, so they are split out on first use.
+    members: OnceCell<Option<Vec<MemberSpan>>>,
 }
 
-impl Document<'_> {
+impl<'a> Document<'a> {
     /// The body is a JSON object.
     pub(crate) fn is_object(&self) -> bool {
         self.value.is_object()
+    }
+
+    /// The top-level members of an object body, in body order with their exact
+    /// text (keys are unique). `None` for anything but an object.
+    pub(crate) fn members(&self) -> Option<Vec<(&str, &'a str)>> {
+        let text: &'a str = self.text;
+        let ranges = self.members.get_or_init(|| {
+            if !self.value.is_object() {
+                return None;
+            }
+            let mut de = serde_json::Deserializer::from_str(text);
+            let TopMembers(members) = TopMembers::deserialize(&mut de).ok()?;
+            let base = text.as_ptr() as usize;
+            Some(
+                members
+                    .into_iter()
+                    .map(|(k, raw)| {
+                        let start = raw.get().as_ptr() as usize - base;
+                        (k, start..start + raw.get().len())
+                    })
+                    .collect(),
+            )
+        });
+        Some(
+            ranges
+                .as_ref()?
+                .iter()
+                .filter_map(|(k, r)| Some((k.as_str(), text.get(r.clone())?)))
+                .collect(),
+        )
     }
 }
 
@@ -207,36 +241,17 @@ pub(crate) fn parse_strict(raw: &[u8]) -> Result<Document<'_>, StrictError> {
         .as_bytes()
         .first()
     {
-        Some(b'{') => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let TopMembers(members) = TopMembers::deserialize(&mut de).map_err(err)?;
-            de.end().map_err(err)?;
-            let mut map = Map::new();
-            for (key, raw) in &members {
-                map.insert(key.clone(), parse_nested(raw.get(), 1)?);
-            }
-            Ok(Document {
-                value: Value::Object(map),
-                members,
-            })
-        }
-        Some(b'[') => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let items: Vec<&RawValue> = serde::Deserialize::deserialize(&mut de).map_err(err)?;
-            de.end().map_err(err)?;
-            let items = items
-                .iter()
-                .map(|raw| parse_nested(raw.get(), 1))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Document {
-                value: Value::Array(items),
-                members: Vec::new(),
-            })
-        }
-        _ => Ok(Document {
+        // One strict pass builds the value; an object's raw members are split out
+        // later, and only if narrowing asks for them.
+        Some(_) => Ok(Document {
             value: parse_nested(text, 0)?,
-            members: Vec::new(),
+            text,
+            members: OnceCell::new(),
         }),
+        None => Err(err(serde_json::Error::io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "empty body",
+        )))),
     }
 }
 
@@ -244,6 +259,9 @@ pub(crate) fn parse_strict(raw: &[u8]) -> Result<Document<'_>, StrictError> {
 fn parse_nested(text: &str, depth: usize) -> Result<Value, StrictError> {
     let err = |e: serde_json::Error| StrictError(e.to_string());
     let mut de = serde_json::Deserializer::from_str(text);
+    // `Strict` bounds the depth itself (at MAX_DEPTH, one more than serde_json's
+    // own limit allows in a single pass), so the stack stays bounded.
+    de.disable_recursion_limit();
     let value = Strict { depth }.deserialize(&mut de).map_err(err)?;
     de.end().map_err(err)?;
     Ok(value)
@@ -264,12 +282,9 @@ impl<'de> TopMembers<'de> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut seen = HashSet::new();
+                // Keys were already checked unique by the strict pass.
                 let mut out = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(A::Error::custom("an object key is given twice"));
-                    }
                     let value: &'de RawValue = map.next_value()?;
                     out.push((key, value));
                 }
@@ -501,10 +516,8 @@ mod tests {
     fn strict_parse_keeps_member_text_and_order() {
         let doc = parse_strict(br#"{"b": 1.50, "a" : [ 1 ]}"#).unwrap_or_else(|e| panic!("{e}"));
         let members: Vec<(&str, &str)> = doc
-            .members
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.get()))
-            .collect();
+            .members()
+            .unwrap_or_default();
         assert_eq!(members, [("b", "1.50"), ("a", "[ 1 ]")]);
         assert_eq!(doc.value["a"][0], 1);
     }

@@ -22,7 +22,6 @@
 
 use std::fmt;
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::body::{Document, Parsed};
@@ -86,7 +85,7 @@ pub(crate) enum NarrowError {
 
 /// One top-level member: untouched bytes with their parsed value, or a new value.
 enum Member<'a> {
-    Raw(&'a RawValue, &'a Value),
+    Raw(&'a str, &'a Value),
     New(Value),
 }
 
@@ -114,11 +113,12 @@ impl<'a> Body<'a> {
     fn new(doc: &'a Document<'a>) -> Result<Body<'a>, NarrowError> {
         let map = doc.value.as_object().ok_or(NarrowError::Unparseable)?;
         let members = doc
-            .members
-            .iter()
+            .members()
+            .ok_or(NarrowError::Unparseable)?
+            .into_iter()
             .map(|(key, raw)| {
                 let value = map.get(key).ok_or(NarrowError::Unparseable)?;
-                Ok((key.clone(), Member::Raw(raw, value)))
+                Ok((key.to_owned(), Member::Raw(raw, value)))
             })
             .collect::<Result<Vec<_>, NarrowError>>()?;
         Ok(Body {
@@ -181,7 +181,7 @@ impl<'a> Body<'a> {
             out.extend(serde_json::to_vec(key).unwrap_or_default());
             out.push(b':');
             match member {
-                Member::Raw(raw, _) => out.extend_from_slice(raw.get().as_bytes()),
+                Member::Raw(raw, _) => out.extend_from_slice(raw.as_bytes()),
                 Member::New(value) => out.extend(serde_json::to_vec(value).unwrap_or_default()),
             }
         }
