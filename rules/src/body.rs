@@ -515,9 +515,7 @@ mod tests {
     #[test]
     fn strict_parse_keeps_member_text_and_order() {
         let doc = parse_strict(br#"{"b": 1.50, "a" : [ 1 ]}"#).unwrap_or_else(|e| panic!("{e}"));
-        let members: Vec<(&str, &str)> = doc
-            .members()
-            .unwrap_or_default();
+        let members: Vec<(&str, &str)> = doc.members().unwrap_or_default();
         assert_eq!(members, [("b", "1.50"), ("a", "[ 1 ]")]);
         assert_eq!(doc.value["a"][0], 1);
     }
