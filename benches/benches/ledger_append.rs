@@ -170,5 +170,6 @@ fn facts(writer: usize, _i: usize) -> DecisionFacts {
         detectors: vec![],
         narrowed: vec![],
         key_id: Some("openai-main".into()),
+        approver: None,
     }
 }

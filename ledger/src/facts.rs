@@ -43,6 +43,8 @@ pub struct DecisionFacts {
     pub narrowed: Vec<String>,
     /// The vault key's id, never the key.
     pub key_id: Option<String>,
+    /// Who decided a held request: `admin:<prefix of the admin token's SHA-256>`.
+    pub approver: Option<String>,
 }
 
 /// How a request ended. `event_id` is the one of its decision.
@@ -103,6 +105,7 @@ impl DecisionFacts {
             &mut self.operation,
             &mut self.rule_id,
             &mut self.key_id,
+            &mut self.approver,
         ]
         .into_iter()
         .flatten()

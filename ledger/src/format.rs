@@ -67,6 +67,7 @@ pub const ALLOWED_FIELDS: &[&str] = &[
     "detectors",
     "narrowed",
     "key_id",
+    "approver",
     // outcome
     "status",
     "tokens_in",
@@ -161,6 +162,9 @@ pub struct DecisionRecord {
     pub narrowed: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Who decided a held request (`admin:<token hash prefix>`), on approval records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
     pub prev: String,
 }
 
@@ -614,6 +618,7 @@ mod tests {
             detectors: vec![],
             narrowed: vec![],
             key_id: None,
+            approver: None,
             prev: hex::encode(prev),
         };
         let (line, _) = seal(&rec, &prev).expect("seal");

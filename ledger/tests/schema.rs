@@ -37,6 +37,7 @@ const ALLOWLIST: &[&str] = &[
     "detectors",
     "narrowed",
     "key_id",
+    "approver",
     "status",
     "tokens_in",
     "tokens_out",

@@ -95,6 +95,8 @@ pub struct RequestRecord {
     pub classification: Option<Classification>,
     /// The vault key's slot and version (`openai/default@v2`), never the key.
     pub key_id: Option<String>,
+    /// Who decided a held request.
+    pub approver: Option<String>,
     policy_generation: u64,
     policy_hash: String,
     committed: bool,
@@ -114,6 +116,7 @@ impl RequestRecord {
             decision: Decision::deny(Reason::BadRequest),
             classification: None,
             key_id: None,
+            approver: None,
             policy_generation: snap.generation,
             policy_hash: snap.policy.hash_hex().to_owned(),
             committed: false,
@@ -156,6 +159,7 @@ impl RequestRecord {
             detectors: self.decision.detectors.clone(),
             narrowed: self.decision.narrowed.clone(),
             key_id: self.key_id.clone(),
+            approver: self.approver.clone(),
         }
     }
 

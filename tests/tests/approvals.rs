@@ -130,6 +130,14 @@ async fn an_approved_request_reaches_the_origin_and_every_step_is_recorded() {
         reasons_for(&proxy, &id),
         ["route_approve", "approval_granted"]
     );
+    // The record names which admin token approved it, by a prefix of its hash only.
+    let granted = ledger_records(&proxy.ledger_dir)
+        .into_iter()
+        .find(|r| r["reason"] == "approval_granted")
+        .unwrap();
+    let who = granted["approver"].as_str().unwrap();
+    assert_eq!(who, format!("admin:{}", &sha256_hex(ADMIN_TOKEN)[..12]));
+    assert!(!granted.to_string().contains(ADMIN_TOKEN));
     // Deciding again: gone.
     assert_eq!(decide(&proxy, &id, r#"{"decision":"deny"}"#).await, 404);
     proxy.shutdown().await;

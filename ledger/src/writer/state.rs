@@ -360,6 +360,7 @@ impl WriterState {
                 detectors: f.detectors,
                 narrowed: f.narrowed,
                 key_id: f.key_id,
+                approver: f.approver,
                 prev,
             })?,
             RecordInput::Outcome(f) => self.push(&OutcomeRecord {

@@ -45,6 +45,7 @@ pub fn decision(i: u64) -> DecisionFacts {
         detectors: vec!["secrets:aws_key".into()],
         narrowed: vec!["max_tokens".into()],
         key_id: Some("openai-main".into()),
+        approver: None,
     }
 }
 

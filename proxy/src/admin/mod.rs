@@ -131,7 +131,7 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
         ),
         (Method::POST, p) if p.starts_with("/v1/approvals/") => {
             let id = p.trim_start_matches("/v1/approvals/").to_owned();
-            decide(ctx, &id, req).await
+            decide(ctx, s, &id, req).await
         }
         (_, p) if p == "/v1/approvals" || p.starts_with("/v1/approvals/") => json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -198,7 +198,12 @@ fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
 }
 
 /// `POST /v1/approvals/{id}` with `{"decision":"approve"|"deny","grant":"once"|"for:10m"}`.
-async fn decide(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn decide(
+    ctx: &Ctx,
+    s: &AdminSettings,
+    id: &str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let bad = |msg: &str| json(StatusCode::BAD_REQUEST, serde_json::json!({"error": msg}));
     let Ok(body) = http_body_util::Limited::new(req.into_body(), 4096)
         .collect()
@@ -219,7 +224,12 @@ async fn decide(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Response<ProxyBo
         },
         _ => return bad("decision is \"approve\" or \"deny\""),
     };
-    match ctx.approvals.decide(id, verdict) {
+    // The admin token itself is never recorded: a short prefix of its hash names it.
+    let approver = s
+        .token_sha256
+        .map(|h| format!("admin:{}", &hex::encode(h)[..12]))
+        .unwrap_or_else(|| "admin".into());
+    match ctx.approvals.decide(id, verdict, &approver) {
         Ok(held) => {
             tracing::info!(id, route = %held.route, ?verdict, "approval decided");
             json(

@@ -50,6 +50,10 @@ pub async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // A request held for approval can wait minutes with nothing to send: TCP
+        // keep-alives keep middleboxes from dropping the idle connection.
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer, listener = %info.name);
         let slot = ConnSlot::new(permit, ctx.metrics.connection_opened(&info.name));

@@ -52,11 +52,14 @@ pub async fn hold(
     let ended = waiter.wait().await;
     ctx.metrics.approvals_pending(ctx.approvals.pending());
     abandoned.disarm();
-    let (action, reason) = match ended {
-        Ended::Decided(Verdict::Approve { .. }) => (Action::Allow, Reason::ApprovalGranted),
-        Ended::Decided(Verdict::Deny) => (Action::Deny, Reason::ApprovalDenied),
+    let (action, reason) = match &ended {
+        Ended::Decided(Verdict::Approve { .. }, _) => (Action::Allow, Reason::ApprovalGranted),
+        Ended::Decided(Verdict::Deny, _) => (Action::Deny, Reason::ApprovalDenied),
         Ended::TimedOut => (Action::Deny, Reason::ApprovalTimeout),
     };
+    if let Ended::Decided(_, who) = ended {
+        rec.approver = Some(who);
+    }
     rec.decision = keep_hits(rec, action, reason, route);
     commit(ctx, rec).await?;
     if action == Action::Allow {

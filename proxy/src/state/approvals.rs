@@ -86,7 +86,7 @@ pub enum DecideError {
 
 struct Pending {
     held: Held,
-    tx: oneshot::Sender<Verdict>,
+    tx: oneshot::Sender<(Verdict, String)>,
 }
 
 #[derive(Default)]
@@ -135,8 +135,8 @@ impl Approvals {
         }
     }
 
-    /// Delivers an approver's verdict.
-    pub fn decide(&self, id: &str, verdict: Verdict) -> Result<Held, DecideError> {
+    /// Delivers an approver's verdict; `approver` names who decided (for the record).
+    pub fn decide(&self, id: &str, verdict: Verdict, approver: &str) -> Result<Held, DecideError> {
         let mut inner = self.lock();
         let pending = inner.pending.remove(id).ok_or(DecideError::NotFound)?;
         if let Verdict::Approve { grant: Some(d) } = verdict {
@@ -146,7 +146,7 @@ impl Approvals {
         let held = pending.held.clone();
         pending
             .tx
-            .send(verdict)
+            .send((verdict, approver.to_owned()))
             .map_err(|_| DecideError::NotFound)?;
         Ok(held)
     }
@@ -176,9 +176,10 @@ impl Approvals {
 }
 
 /// How a hold ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
-    Decided(Verdict),
+    /// An approver decided; the second field says who.
+    Decided(Verdict, String),
     TimedOut,
 }
 
@@ -186,7 +187,7 @@ pub enum Ended {
 pub struct Waiter {
     approvals: Approvals,
     id: String,
-    rx: Option<oneshot::Receiver<Verdict>>,
+    rx: Option<oneshot::Receiver<(Verdict, String)>>,
     timeout: Duration,
 }
 
@@ -200,7 +201,7 @@ impl Waiter {
             return Ended::TimedOut;
         };
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(v)) => Ended::Decided(v),
+            Ok(Ok((v, who))) => Ended::Decided(v, who),
             _ => Ended::TimedOut,
         }
     }
@@ -242,11 +243,12 @@ mod tests {
             Verdict::Approve {
                 grant: Some(Duration::from_secs(600)),
             },
+            "admin:abc",
         )
         .unwrap();
         assert!(matches!(
             w.wait().await,
-            Ended::Decided(Verdict::Approve { .. })
+            Ended::Decided(Verdict::Approve { .. }, who) if who == "admin:abc"
         ));
         assert!(a.granted("bot", "r"));
         assert!(!a.granted("bot", "other"));
@@ -260,7 +262,7 @@ mod tests {
         assert_eq!(w.wait().await, Ended::TimedOut);
         assert_eq!(a.pending(), 0);
         assert_eq!(
-            a.decide("1", Verdict::Deny).err(),
+            a.decide("1", Verdict::Deny, "admin").err(),
             Some(DecideError::NotFound)
         );
     }
@@ -282,6 +284,7 @@ mod tests {
             Verdict::Approve {
                 grant: Some(Duration::from_secs(60)),
             },
+            "admin",
         )
         .unwrap();
         drop(w);

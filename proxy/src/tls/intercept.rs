@@ -99,6 +99,9 @@ pub async fn intercept(ctx: Arc<Ctx>, tun: Tunnel, upgraded: Upgraded, slot: Arc
         });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // PINGs keep a quiet connection (a held approval, a slow model) alive.
+            .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
             .serve_connection(TokioIo::new(tls), svc);
         let res = serve_with_drain!(
             conn,
