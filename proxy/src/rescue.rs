@@ -173,7 +173,12 @@ fn respond(r: &Refusal, recorded: Action, event_id: &str) -> Response<ProxyBody>
 /// to the rules crate later falls to 403 until it is placed here.
 pub fn status_for(reason: Reason) -> StatusCode {
     match reason {
-        Reason::RouteAllow | Reason::RouteNarrow | Reason::RouteWarn => StatusCode::FORBIDDEN,
+        Reason::RouteAllow
+        | Reason::RouteNarrow
+        | Reason::RouteWarn
+        | Reason::RouteApprove
+        | Reason::ApprovalGranted
+        | Reason::ApprovalGrantUsed => StatusCode::FORBIDDEN,
         Reason::RouteDeny
         | Reason::NoRoute
         | Reason::MethodNotAllowed
@@ -249,6 +254,9 @@ mod tests {
         (Reason::VaultKeyLeak, 403),
         (Reason::RouteNarrow, 403),
         (Reason::RouteWarn, 403),
+        (Reason::RouteApprove, 403),
+        (Reason::ApprovalGranted, 403),
+        (Reason::ApprovalGrantUsed, 403),
     ];
 
     #[test]
