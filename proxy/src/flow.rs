@@ -84,6 +84,9 @@ pub enum Entry {
     /// Absolute-form `http://` requests on the proxy connection: each names
     /// its own target and carries its own credentials.
     Plain { auth: ListenerAuth },
+    /// A base-URL gateway: `/{provider}/…` names the provider, and the agent's
+    /// token sits where the provider key would (or the listener has a fixed agent).
+    Gateway { auth: ListenerAuth },
 }
 
 /// The framing layer a request arrived on.

@@ -3,6 +3,7 @@
 //! has its own file.
 
 mod forward;
+mod gateway;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,9 @@ pub async fn accept_loop(
         match info.mode {
             ListenerMode::Forward => {
                 tokio::spawn(forward::serve(ctx.clone(), info.clone(), tcp, slot, span));
+            }
+            ListenerMode::Gateway => {
+                tokio::spawn(gateway::serve(ctx.clone(), info.clone(), tcp, slot, span));
             }
             _ => {
                 tracing::error!(listener = %info.name, "listener mode not supported; closing");

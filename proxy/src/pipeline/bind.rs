@@ -12,6 +12,7 @@ use crate::http::framing::{self, Violation};
 use crate::http::headers::is_websocket;
 use crate::http::path::canonicalize;
 use crate::identity::{identify, Identity};
+use crate::pipeline::inject::CREDENTIAL_HEADERS;
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -32,8 +33,10 @@ pub fn bind(
     flow: &Flow,
     snap: &PolicySnapshot,
     rec: &mut RequestRecord,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<(Bound, Request<Incoming>), Refusal> {
+    // On a gateway, the path after `/{provider}`.
+    let mut gateway_path: Option<String> = None;
     // Framing first: a bad head never reaches policy.
     match &flow.wire {
         Wire::Http1 { nonce } => {
@@ -66,6 +69,19 @@ pub fn bind(
             rec.who = Some(who.clone());
             (who, plain_target(&req)?)
         }
+        Entry::Gateway { auth } => {
+            let who = identify_gateway(&snap.policy, auth, req.headers()).ok_or_else(|| {
+                Refusal::deny(Reason::AuthFailed).status(StatusCode::UNAUTHORIZED)
+            })?;
+            // The agent's token never leaves: the provider gets the vault key, or nothing.
+            for name in CREDENTIAL_HEADERS {
+                req.headers_mut().remove(*name);
+            }
+            rec.who = Some(who.clone());
+            let (target, rest) = gateway_target(snap, req.uri().path())?;
+            gateway_path = Some(rest);
+            (who, target)
+        }
     };
     rec.who = Some(who.clone());
     rec.target = Some(target.clone());
@@ -77,17 +93,20 @@ pub fn bind(
     {
         return Err(Refusal::new(d.clone()));
     }
-    // Host binding: stops domain fronting through an allowed tunnel.
+    // Host binding: stops domain fronting through an allowed tunnel. (A
+    // gateway request names its target by path; its Host is the gateway's.)
     let h2 = matches!(flow.wire, Wire::Http2);
-    check_authority(&req, &target, h2)
-        .map_err(|detail| Refusal::deny(Reason::HostMismatch).detail(detail).close())?;
+    if gateway_path.is_none() {
+        check_authority(&req, &target, h2)
+            .map_err(|detail| Refusal::deny(Reason::HostMismatch).detail(detail).close())?;
+    }
     if req.method() == Method::CONNECT {
         return Err(Refusal::deny(Reason::BadRequest)
             .detail("CONNECT inside a tunnel")
             .close());
     }
     // One canonical path; nothing after this sees the raw one.
-    let raw = req.uri().path();
+    let raw = gateway_path.as_deref().unwrap_or(req.uri().path());
     let path = if raw == "*" && req.method() == Method::OPTIONS {
         raw.to_owned()
     } else {
@@ -116,6 +135,48 @@ pub fn framing_refusal(v: Violation) -> Refusal {
         .detail(format!("request framing rejected: {}", v.code()))
         .status(StatusCode::from_u16(v.status()).unwrap_or(StatusCode::BAD_REQUEST))
         .close()
+}
+
+/// A gateway caller: the listener's fixed agent, or the token in the provider
+/// key's place (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`).
+fn identify_gateway(
+    policy: &portcullis_rules::Policy,
+    auth: &portcullis_rules::ListenerAuth,
+    headers: &http::HeaderMap,
+) -> Option<Identity> {
+    if let portcullis_rules::ListenerAuth::None { .. } = auth {
+        return identify(policy, auth, headers);
+    }
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()))?;
+    Identity::from_token(policy, token.trim().as_bytes())
+}
+
+/// `/{provider}/rest` → the provider's API host, and `/rest`.
+fn gateway_target(snap: &PolicySnapshot, path: &str) -> Result<(Target, String), Refusal> {
+    let unknown = || {
+        Refusal::deny(Reason::NoRoute)
+            .detail("gateway paths start with a provider id, as in /openai/v1/chat/completions")
+    };
+    let rest = path.strip_prefix('/').ok_or_else(unknown)?;
+    let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let provider = snap.policy.provider(id).ok_or_else(unknown)?;
+    let host = provider.base_host().ok_or_else(|| {
+        Refusal::deny(Reason::NoRoute).detail("this provider has no fixed host to send to")
+    })?;
+    let host = portcullis_rules::Host::parse(host).map_err(|_| unknown())?;
+    Ok((
+        Target {
+            host,
+            port: Scheme::Https.default_port(),
+            scheme: Scheme::Https,
+        },
+        format!("/{rest}"),
+    ))
 }
 
 /// An absolute-form `http://` request names its own target.

@@ -26,7 +26,8 @@ use crate::rescue::Refusal;
 use crate::vault::Keys;
 
 /// Every header a client could carry a provider credential in.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+pub(super) const CREDENTIAL_HEADERS: &[&str] =
+    &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
 /// How the chosen key goes on the request.
 pub struct Injection(How);

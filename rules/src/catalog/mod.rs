@@ -322,6 +322,14 @@ pub struct Provider {
     pub key_injection: KeyInjection,
 }
 
+impl Provider {
+    /// The host a gateway sends this provider's requests to: its first host
+    /// without a `*`. `None` for providers that only have regional patterns.
+    pub fn base_host(&self) -> Option<&str> {
+        self.hosts.iter().find_map(ProviderHost::exact)
+    }
+}
+
 /// Where the model of a request came from; narrowing can only rewrite a body field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ModelOrigin {

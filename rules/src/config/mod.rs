@@ -86,6 +86,9 @@ impl Default for ListenerConfig {
 pub enum ListenerMode {
     /// An HTTP forward proxy: `CONNECT` and absolute-form requests.
     Forward,
+    /// A base-URL gateway: `http://host/{provider}/…` goes to that provider's API,
+    /// and the agent's token arrives where the provider key would.
+    Gateway,
 }
 
 /// How a listener identifies the calling agent.

@@ -111,17 +111,18 @@ impl Errors<'_> {
                 None => Some(ListenerMode::Forward),
                 Some(mode) => match mode.get_ref().as_str() {
                     "forward" => Some(ListenerMode::Forward),
-                    other @ ("transparent" | "gateway") => {
+                    "gateway" => Some(ListenerMode::Gateway),
+                    other @ "transparent" => {
                         self.at(
                             &mode.span(),
-                            format!("listener mode \"{other}\" is not supported yet by this version of Portcullis; use mode = \"forward\""),
+                            format!("listener mode \"{other}\" is not supported yet by this version of Portcullis; use mode = \"forward\" or \"gateway\""),
                         );
                         None
                     }
                     other => {
                         self.at(
                             &mode.span(),
-                            format!("unknown listener mode \"{other}\"; use mode = \"forward\""),
+                            format!("unknown listener mode \"{other}\"; use mode = \"forward\" or \"gateway\""),
                         );
                         None
                     }

@@ -147,6 +147,20 @@ impl Policy {
         }
     }
 
+    /// A gateway's check: the token alone, where the provider key would be. Every
+    /// agent's hash is compared (in constant time), so timing does not reveal
+    /// which agent, if any, holds it.
+    pub fn authenticate_token(&self, token: &[u8]) -> Option<&Agent> {
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        let mut found = None;
+        for agent in &self.agents {
+            if bool::from(digest.as_slice().ct_eq(agent.token_sha256.as_slice())) {
+                found = found.or(Some(agent));
+            }
+        }
+        found
+    }
+
     /// CONNECT-time pre-check (SPEC §3 step 3).
     ///
     /// Walks the routes that apply to `agent` and name `host`, in file order:
