@@ -56,7 +56,13 @@
 //! 5. **Upstream** (`upstream`). Connect to a checked address, verify the
 //!    certificate for the real host name (webpki roots plus `extra_ca`), and
 //!    pool connections per (tenant, checked destination).
-//! 6. **Shutdown** (`app`). Stop accepting, drain in-flight requests for the
+//! 6. **Other ways in.** A `gateway` listener (`listen::gateway`) takes plain
+//!    HTTP base-URL requests, `/{provider}/…`, for SDKs that cannot trust a CA:
+//!    the agent's token sits where the provider key would, and `bind` turns the
+//!    path prefix into the provider's catalog host. It then runs the same driver.
+//!    The admin API (`admin`) serves health, readiness, metrics, reload, the
+//!    ledger head and approvals on its own loopback listener.
+//! 7. **Shutdown** (`app`). Stop accepting, drain in-flight requests for the
 //!    grace period, drop what is left (their guards write outcomes), wait for
 //!    pending outcome records, then seal the ledger with a final checkpoint.
 //!
