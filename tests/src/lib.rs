@@ -819,6 +819,27 @@ async fn read_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 /// The venv Python with the pinned `openai` and `anthropic` SDKs, created by
 /// the README's test command. A missing interpreter is a test failure, never
 /// a skip.
+/// Runs a Python script with the pinned SDKs as an agent behind `proxy`:
+/// `HTTPS_PROXY` with the test agent's token, and the proxy CA trusted.
+/// Returns (stdout, stderr, success).
+pub fn run_python(proxy: &TestProxy, script: &str) -> (String, String, bool) {
+    let out = std::process::Command::new(sdk_python())
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", proxy.dir.path())
+        .env("HTTPS_PROXY", proxy.proxy_url(AGENT, TOKEN))
+        .env("SSL_CERT_FILE", &proxy.ca_pem_path)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
 pub fn sdk_python() -> PathBuf {
     let p = std::env::var_os("PORTCULLIS_TEST_PYTHON")
         .map(PathBuf::from)

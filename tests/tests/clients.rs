@@ -8,24 +8,6 @@ use std::process::Command;
 
 use portcullis_tests::*;
 
-fn run_python(proxy: &TestProxy, script: &str) -> (String, String, bool) {
-    let out = Command::new(sdk_python())
-        .arg("-c")
-        .arg(script)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", proxy.dir.path())
-        .env("HTTPS_PROXY", proxy.proxy_url(AGENT, TOKEN))
-        .env("SSL_CERT_FILE", &proxy.ca_pem_path)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_chat_plain_streamed_and_denied() {
     let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
