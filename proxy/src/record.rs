@@ -202,7 +202,9 @@ impl RequestRecord {
             &facts.reason,
             facts.provider.as_deref(),
         );
-        let notice = webhook_event(self.decision.action).map(|event| (event, facts.clone()));
+        let notice = webhook_event(self.decision.action)
+            .filter(|_| webhooks.configured(facts.tenant.as_deref()))
+            .map(|event| (event, facts.clone()));
         match ledger.append_decision(facts).await {
             Ok(appended) => {
                 self.committed = true;

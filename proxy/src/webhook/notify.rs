@@ -28,6 +28,12 @@ impl Webhooks {
         }
     }
 
+    /// Whether the tenant has a receiver at all (so callers skip building a
+    /// notice nobody would get).
+    pub fn configured(&self, tenant: Option<&str>) -> bool {
+        tenant.is_some_and(|t| self.policy.load().policy.tenant_webhook(t).is_some())
+    }
+
     /// Queues `event` for the tenant's receiver, if it has one that wants it.
     /// Never blocks, never fails the caller. `body` is built only when sent.
     pub fn notify(
