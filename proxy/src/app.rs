@@ -74,6 +74,8 @@ pub struct RunningProxy {
     pub listeners: Vec<(String, SocketAddr)>,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// Where the DNS responder listens (UDP), if `[dns]` is set.
+    pub dns_addr: Option<SocketAddr>,
     pub ca_cert_path: PathBuf,
     pub ca_created: bool,
     pub ledger_dir: PathBuf,
@@ -242,6 +244,22 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         bound.push((l, listener, addr));
     }
 
+    let dns_socket = match &cfg.dns {
+        Some(d) => {
+            let bind_err = |source| StartError::Bind {
+                name: crate::listen::dns::LISTENER.into(),
+                addr: d.bind,
+                source,
+            };
+            let sock = tokio::net::UdpSocket::bind(d.bind)
+                .await
+                .map_err(bind_err)?;
+            let addr = sock.local_addr().map_err(bind_err)?;
+            Some((d.clone(), sock, addr))
+        }
+        None => None,
+    };
+
     let admin_listener =
         TcpListener::bind(cfg.admin.bind)
             .await
@@ -281,7 +299,16 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| StartError::Tls(e.to_string()))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let listener_names: Vec<String> = cfg.listeners.iter().map(|l| l.name.clone()).collect();
+    let listener_names: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.name.clone())
+        .chain(
+            cfg.dns
+                .as_ref()
+                .map(|_| crate::listen::dns::LISTENER.to_owned()),
+        )
+        .collect();
     let metrics = Metrics::new(cfg.policy.tenants(), &listener_names);
     let policy = Arc::new(PolicyHolder::new(cfg.policy.clone()));
     let counted = metrics.clone();
@@ -332,6 +359,10 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         });
         tasks.spawn(accept_loop(ctx.clone(), info, listener, conns.clone()));
     }
+    let dns_addr = dns_socket.map(|(d, sock, addr)| {
+        tasks.spawn(crate::listen::dns::serve(ctx.clone(), d, sock));
+        addr
+    });
 
     tasks.spawn(crate::admin::serve(
         ctx.clone(),
@@ -357,6 +388,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     Ok(RunningProxy {
         listeners,
         admin_addr,
+        dns_addr,
         ca_cert_path: CertificateAuthority::cert_path(&ca_dir),
         ca_created,
         ledger_dir,

@@ -1,5 +1,6 @@
 //! Who is calling (SPEC §3 step 2): `Proxy-Authorization: Basic`, or the
-//! listener's fixed agent for `auth = "none"` sidecars.
+//! listener's fixed agent for `auth = "none"` sidecars, or (on transparent
+//! listeners) the agent its source-CIDR map gives the peer's address.
 //!
 //! A tunnel authenticates once, at CONNECT, but lives across reloads. So an
 //! [`Identity`] keeps what it was proven with (the SHA-256 of the token, and
@@ -8,9 +9,11 @@
 //! an agent moved to another tenant stops working on its next request.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use base64::Engine;
 use http::HeaderMap;
+
 use portcullis_rules::{ListenerAuth, Policy};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -55,6 +58,15 @@ impl Identity {
         })
     }
 
+    /// A declared agent, vouched for by the listener's config rather than a token.
+    fn configured(policy: &Policy, agent: &str) -> Option<Identity> {
+        policy.agent(agent).map(|a| Identity {
+            agent: a.id.clone(),
+            tenant: a.tenant.clone(),
+            proof: Proof::Listener,
+        })
+    }
+
     pub fn still_valid(&self, policy: &Policy) -> bool {
         let agent = match &self.proof {
             Proof::Token(digest) => policy.authenticate_digest(&self.agent, digest),
@@ -64,14 +76,19 @@ impl Identity {
     }
 }
 
+/// Who a connection from `peer` is, where the listener's config says (a
+/// fixed agent, or the source-CIDR map). `None`: nobody; refuse it.
+pub fn identify_peer(policy: &Policy, auth: &ListenerAuth, peer: IpAddr) -> Option<Identity> {
+    Identity::configured(policy, auth.agent_for_peer(peer)?)
+}
+
 /// Authenticates the request headers for a listener. `None` means 407.
 pub fn identify(policy: &Policy, auth: &ListenerAuth, headers: &HeaderMap) -> Option<Identity> {
-    if let ListenerAuth::None { agent } = auth {
-        return policy.agent(agent).map(|a| Identity {
-            agent: a.id.clone(),
-            tenant: a.tenant.clone(),
-            proof: Proof::Listener,
-        });
+    match auth {
+        ListenerAuth::None { agent } => return Identity::configured(policy, agent),
+        // Only a peer address can say who these are; see `identify_peer`.
+        ListenerAuth::Sources(_) => return None,
+        _ => {}
     }
     // Only one Proxy-Authorization header is acceptable.
     let mut values = headers.get_all(http::header::PROXY_AUTHORIZATION).iter();

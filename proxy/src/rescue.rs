@@ -75,6 +75,11 @@ impl Refusal {
         self
     }
 
+    /// The human-readable detail, for a log line where no response carries it.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
     pub fn decision(&self) -> &Decision {
         &self.decision
     }

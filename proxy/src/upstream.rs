@@ -196,6 +196,16 @@ impl Upstream {
     /// The pooled client for this tenant and checked destination. `h1_only`
     /// is for WebSocket upgrades, which need HTTP/1.1 end to end. A pool never
     /// serves two tenants, and never dials an address it was not handed.
+    /// The addresses `host:port` resolves to, pins first, with no SSRF check:
+    /// for holding a redirected connection's name to its original destination,
+    /// and for the DNS responder (which checks each answer itself).
+    pub async fn lookup(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+        if let Some(addr) = self.shared.resolve.get(&(host.clone(), port)) {
+            return Ok(vec![*addr]);
+        }
+        lookup(&self.shared, host, port).await
+    }
+
     pub fn client(
         &self,
         tenant: &str,
@@ -243,27 +253,7 @@ async fn resolve_checked(
         // Operator-pinned: the explicit opt-in, trusted as written.
         return check_own(shared, vec![*addr]);
     }
-    let addrs: Vec<SocketAddr> = match host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        Host::Name(name) => {
-            let lookup = tokio::net::lookup_host((name.as_str(), port));
-            match tokio::time::timeout(shared.connect_timeout, lookup).await {
-                Ok(Ok(it)) => it.collect(),
-                Ok(Err(e)) => {
-                    return Err(ConnectError::Resolve {
-                        host: name.clone(),
-                        detail: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Resolve {
-                        host: name.clone(),
-                        detail: "timed out".into(),
-                    })
-                }
-            }
-        }
-    };
+    let addrs = lookup(shared, host, port).await?;
     if addrs.is_empty() {
         return Err(ConnectError::Resolve {
             host: host.to_string(),
@@ -282,6 +272,27 @@ async fn resolve_checked(
         }
     }
     check_own(shared, addrs)
+}
+
+/// The system resolver's answer for `host` (an IP literal is its own answer).
+async fn lookup(shared: &Shared, host: &Host, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+    match host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+        Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(shared.connect_timeout, lookup).await {
+                Ok(Ok(it)) => Ok(it.collect()),
+                Ok(Err(e)) => Err(ConnectError::Resolve {
+                    host: name.clone(),
+                    detail: e.to_string(),
+                }),
+                Err(_) => Err(ConnectError::Resolve {
+                    host: name.clone(),
+                    detail: "timed out".into(),
+                }),
+            }
+        }
+    }
 }
 
 fn check_own(shared: &Shared, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, ConnectError> {

@@ -126,9 +126,9 @@ pub use catalog::{
     Operation, Provider, ProviderHost,
 };
 pub use config::{
-    parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, LedgerConfig,
-    LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry, UpstreamConfig,
-    VaultConfig, EMBEDDED_DEFAULT,
+    parse_config, AdminConfig, CaConfig, Config, ConfigError, ConfigErrors, DnsConfig,
+    LedgerConfig, LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry,
+    SourceAgent, UpstreamConfig, VaultConfig, EMBEDDED_DEFAULT,
 };
 pub use decision::Decision;
 pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};

@@ -204,11 +204,25 @@ const INVALID: &[(&str, usize, &str)] = &[
         "duplicate listener bind 127.0.0.1:8080",
     ),
     ("listener_bind_is_admin_bind", 17, "is also the admin bind"),
+    ("transparent_without_agent", 12, "needs `agent = \"…\"`"),
+    ("transparent_with_basic_auth", 16, "takes no credentials"),
     (
-        "listener_mode_unsupported",
-        15,
-        "listener mode \"transparent\" is not supported yet",
+        "transparent_fixed_agent_off_loopback",
+        16,
+        "lets anyone who can reach it act as agent `bot`",
     ),
+    (
+        "transparent_source_unknown_agent",
+        18,
+        "unknown agent `ghost`",
+    ),
+    (
+        "sources_on_forward_listener",
+        15,
+        "`sources` only applies to a listener with mode = \"transparent\"",
+    ),
+    ("dns_without_bind", 12, "[dns] needs a `bind` address"),
+    ("dns_bad_source_cidr", 14, "is not a network"),
     (
         "listener_mode_unknown",
         15,
@@ -1071,4 +1085,60 @@ fn vault_with_an_unknown_key_or_an_empty_path_is_refused() {
             .contains("unknown field `master_key` in [vault]"),
         "{errors:#?}"
     );
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn sidecar_config_maps_transparent_listeners_and_the_dns_responder_to_agents() {
+    let text = fixture("valid", "sidecar");
+    let config = parse_config("sidecar.toml", &text).unwrap_or_else(|e| panic!("sidecar:\n{e}"));
+    assert_eq!(config.listeners.len(), 3);
+    assert!(config
+        .listeners
+        .iter()
+        .all(|l| l.mode == ListenerMode::Transparent));
+    let fixed = &config.listeners[0].auth;
+    assert_eq!(
+        fixed.agent_for_peer("192.0.2.9".parse().unwrap()),
+        Some("coder")
+    );
+    let node = &config.listeners[2].auth;
+    assert_eq!(
+        node.agent_for_peer("10.1.200.3".parse().unwrap()),
+        Some("coder")
+    );
+    assert_eq!(
+        node.agent_for_peer("10.2.0.7".parse().unwrap()),
+        Some("batch")
+    );
+    // A v4 peer seen through a dual-stack socket is still that v4 peer.
+    assert_eq!(
+        node.agent_for_peer("::ffff:10.2.0.7".parse().unwrap()),
+        Some("batch")
+    );
+    assert_eq!(node.agent_for_peer("10.2.0.8".parse().unwrap()), None);
+    assert_eq!(
+        ListenerAuth::Basic.agent_for_peer(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        None
+    );
+    let dns = config.dns.expect("[dns] is set");
+    assert_eq!(dns.bind, "127.0.0.1:15053".parse::<SocketAddr>().unwrap());
+    assert_eq!(dns.ttl, 5);
+    assert_eq!(
+        dns.auth.agent_for_peer(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Some("coder")
+    );
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn the_dns_responder_answers_only_names_a_route_of_the_agent_allows() {
+    let text = fixture("valid", "sidecar");
+    let config = parse_config("sidecar.toml", &text).unwrap();
+    let policy = &config.policy;
+    let coder = policy.agent("coder").unwrap();
+    let allowed = Host::parse("api.openai.com").unwrap();
+    assert_eq!(policy.dns_route(coder, &allowed).unwrap().id, "openai");
+    let other = Host::parse("exfil.example").unwrap();
+    assert!(policy.dns_route(coder, &other).is_err());
 }

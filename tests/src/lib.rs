@@ -33,6 +33,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use portcullis::RunningProxy;
 pub mod extra;
+pub mod netns;
 
 /// Default agent credentials used by [`proxy_config`].
 pub const AGENT: &str = "research-bot";
@@ -158,8 +159,21 @@ impl Origin {
         Self::start(None).await
     }
 
+    /// A TLS origin on a given address (a test network namespace's veth).
+    pub async fn start_tls_on(pki: &OriginPki, bind: SocketAddr) -> Origin {
+        Self::start_on(Some(pki.server_config(&[b"h2", b"http/1.1"])), bind).await
+    }
+
+    pub async fn start_plain_on(bind: SocketAddr) -> Origin {
+        Self::start_on(None, bind).await
+    }
+
     async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(tls, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn start_on(tls: Option<Arc<rustls::ServerConfig>>, bind: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));

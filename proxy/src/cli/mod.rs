@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use portcullis_certs::{CaError, CertificateAuthority};
-use portcullis_rules::{parse_config, Config, ListenerAuth, ResolveEntry, EMBEDDED_DEFAULT};
+use portcullis_rules::{
+    parse_config, Config, ListenerAuth, ListenerMode, ResolveEntry, EMBEDDED_DEFAULT,
+};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -331,10 +333,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .config
         .as_ref()
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let auth: Vec<(String, ListenerAuth)> = cfg
+    let auth: Vec<(String, ListenerMode, ListenerAuth)> = cfg
         .listeners
         .iter()
-        .map(|l| (l.name.clone(), l.auth.clone()))
+        .map(|l| (l.name.clone(), l.mode, l.auth.clone()))
         .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -359,7 +361,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerAuth)]) {
+fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerMode, ListenerAuth)]) {
     let ca =
         std::fs::canonicalize(&proxy.ca_cert_path).unwrap_or_else(|_| proxy.ca_cert_path.clone());
     let ca = ca.display();
@@ -368,9 +370,14 @@ fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerAuth)]) {
         out,
         "# Portcullis is running. Paste these lines into the agent's shell:"
     );
-    if let Some((name, addr)) = proxy.listeners.first() {
-        let creds = match auth.iter().find(|(n, _)| n == name).map(|(_, a)| a) {
-            Some(ListenerAuth::None { .. }) => String::new(),
+    // The first forward listener is the one HTTPS_PROXY names.
+    let forward = auth
+        .iter()
+        .find(|(_, mode, _)| *mode == ListenerMode::Forward)
+        .and_then(|(name, _, a)| Some((proxy.addr(name)?, a)));
+    if let Some((addr, a)) = forward {
+        let creds = match a {
+            ListenerAuth::None { .. } => String::new(),
             _ => "AGENT_ID:TOKEN@".to_owned(),
         };
         let _ = writeln!(out, "export HTTPS_PROXY=http://{creds}{addr}");
@@ -388,6 +395,19 @@ fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerAuth)]) {
     }
     for (name, addr) in &proxy.listeners {
         let _ = writeln!(out, "# listening: {name}={addr}");
+        if auth
+            .iter()
+            .any(|(n, m, _)| n == name && *m == ListenerMode::Transparent)
+        {
+            let _ = writeln!(
+                out,
+                "# transparent: {name} takes connections redirected with iptables -j REDIRECT --to-ports {}",
+                addr.port()
+            );
+        }
+    }
+    if let Some(addr) = proxy.dns_addr {
+        let _ = writeln!(out, "# dns: {addr} (udp)");
     }
     let _ = writeln!(out, "# admin: {}", proxy.admin_addr);
     let _ = writeln!(out, "# ready");

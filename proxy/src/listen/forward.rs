@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use portcullis_rules::{classify_ip, split_host_port, Decision, Host, Mode, Reason};
+use portcullis_rules::{split_host_port, Decision, Mode, Reason};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -121,8 +121,10 @@ async fn connect(
                 }
             };
             match outcome {
-                Some(outcome) => tls::passthrough(task_ctx, tunnel, upgraded, outcome).await,
-                None => tls::intercept(task_ctx, tunnel, upgraded, slot).await,
+                Some(outcome) => {
+                    tls::passthrough(task_ctx, tunnel, TokioIo::new(upgraded), outcome).await
+                }
+                None => tls::intercept(task_ctx, tunnel, TokioIo::new(upgraded), slot).await,
             }
         }
         .instrument(tracing::Span::current()),
@@ -164,17 +166,7 @@ fn precheck(
         scheme: Scheme::Https,
     };
     rec.target = Some(target.clone());
-    let verdict = match snap.policy.agent(&who.agent) {
-        None => Err(Decision::deny(Reason::AuthFailed)),
-        Some(agent) => snap.policy.precheck(agent, &target.host, port),
-    };
-    // IP literals are checked against the SSRF table before anything else.
-    let verdict = verdict.and_then(|route| match &target.host {
-        Host::Ip(ip) if classify_ip(*ip).is_some() && !route.allows_private(*ip) => {
-            Err(Decision::deny(Reason::SsrfBlocked))
-        }
-        _ => Ok(route),
-    });
+    let verdict = super::route_for(snap, &who, &target);
     let verdict = match verdict {
         Ok(route) => {
             rec.decision = Decision::allow(route.clone());

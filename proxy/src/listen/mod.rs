@@ -2,19 +2,23 @@
 //! connection permit and the one span per connection live here; each mode
 //! has its own file.
 
+pub mod dns;
 mod forward;
 mod gateway;
+mod rewind;
+mod transparent;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_rules::{ListenerAuth, ListenerMode};
+use portcullis_rules::{classify_ip, Decision, Host, ListenerAuth, ListenerMode, Route};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::ctx::Ctx;
-use crate::flow::ConnSlot;
-use crate::flow::Phase;
+use crate::flow::{ConnSlot, Phase, Target};
+use crate::identity::Identity;
+use crate::policy::PolicySnapshot;
 
 /// One listener's settings.
 pub struct ListenerInfo {
@@ -65,6 +69,10 @@ pub async fn accept_loop(
             ListenerMode::Gateway => {
                 tokio::spawn(gateway::serve(ctx.clone(), info.clone(), tcp, slot, span));
             }
+            ListenerMode::Transparent => {
+                let c = (ctx.clone(), info.clone());
+                tokio::spawn(transparent::serve(c.0, c.1, tcp, peer, slot, span));
+            }
             _ => {
                 tracing::error!(listener = %info.name, "listener mode not supported; closing");
                 return;
@@ -72,4 +80,24 @@ pub async fn accept_loop(
         }
     }
     tracing::info!(listener = %info.name, "stopped accepting");
+}
+
+/// A tunnel's pre-check (SPEC §3 step 3), for a CONNECT or a redirected
+/// connection: the agent's route for the target, with an IP-literal target
+/// held to the SSRF table before anything else.
+fn route_for(
+    snap: &PolicySnapshot,
+    who: &Identity,
+    target: &Target,
+) -> Result<Arc<Route>, Decision> {
+    let Some(agent) = snap.policy.agent(&who.agent) else {
+        return Err(Decision::deny(portcullis_rules::Reason::AuthFailed));
+    };
+    let route = snap.policy.precheck(agent, &target.host, target.port)?;
+    match &target.host {
+        Host::Ip(ip) if classify_ip(*ip).is_some() && !route.allows_private(*ip) => {
+            Err(Decision::deny(portcullis_rules::Reason::SsrfBlocked))
+        }
+        _ => Ok(route),
+    }
 }

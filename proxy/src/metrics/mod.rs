@@ -60,6 +60,7 @@ mod name {
     pub const APPROVALS_PENDING: &str = "portcullis_approvals_pending";
     pub const CONFIG_RELOADS: &str = "portcullis_config_reloads_total";
     pub const CONFIG_RELOAD_FAILURES: &str = "portcullis_config_reload_failures_total";
+    pub const DNS_QUERIES: &str = "portcullis_dns_queries_total";
 }
 
 /// Label names, the only place they are spelled. They match the ledger's field names.
@@ -195,6 +196,33 @@ impl WebhookResult {
     }
 }
 
+/// What the DNS responder did with a query, the `result` of `portcullis_dns_queries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnsResult {
+    /// A name some route of the asking agent allows.
+    Answered,
+    /// Any other name, or an unknown asker: REFUSED, and recorded.
+    Refused,
+    /// Not a query we read (answered FORMERR, or dropped).
+    Malformed,
+}
+
+impl DnsResult {
+    pub const ALL: [DnsResult; 3] = [
+        DnsResult::Answered,
+        DnsResult::Refused,
+        DnsResult::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsResult::Answered => "answered",
+            DnsResult::Refused => "refused",
+            DnsResult::Malformed => "malformed",
+        }
+    }
+}
+
 /// How one config reload ended, the `result` of `portcullis_config_reloads_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReloadResult {
@@ -271,6 +299,8 @@ struct Inner {
     /// Indexed by `ReloadResult as usize`.
     reloads: [IntCounter; 4],
     reload_failures: IntCounter,
+    /// Indexed by `DnsResult as usize`.
+    dns: [IntCounter; 3],
 }
 
 impl Metrics {
@@ -332,6 +362,12 @@ impl Metrics {
             r,
             name::WEBHOOK_DELIVERIES,
             "Webhook events, by result: ok, failed (after retries), dropped (queue full).",
+            &[label::RESULT],
+        );
+        let dns = counter_vec(
+            r,
+            name::DNS_QUERIES,
+            "DNS responder queries, by result: answered, refused, malformed.",
             &[label::RESULT],
         );
         let reloads = counter_vec(
@@ -411,6 +447,7 @@ impl Metrics {
                 "Requests held for approval now.",
             ),
             reloads: ReloadResult::ALL.map(|x| reloads.with_label_values(&[x.as_str()])),
+            dns: DnsResult::ALL.map(|x| dns.with_label_values(&[x.as_str()])),
             reload_failures: counter(
                 r,
                 name::CONFIG_RELOAD_FAILURES,
@@ -580,6 +617,10 @@ impl Metrics {
         self.inner
             .approvals_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn dns_query(&self, result: DnsResult) {
+        self.inner.dns[result as usize].inc();
     }
 
     /// One config reload. A failed one (`invalid`, `error`) also counts in

@@ -290,6 +290,7 @@ fn render_is_valid_text_exposition() {
         name::APPROVALS_PENDING,
         name::CONFIG_RELOADS,
         name::CONFIG_RELOAD_FAILURES,
+        name::DNS_QUERIES,
     ];
     assert_eq!(families, expected.into_iter().collect());
     assert!(text.contains("# TYPE portcullis_request_duration_seconds histogram"));

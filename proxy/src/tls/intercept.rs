@@ -9,12 +9,12 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_rules::Host;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::Tunnel;
@@ -25,9 +25,12 @@ use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
 
-/// Terminates the client's TLS and serves the requests inside.
-pub async fn intercept(ctx: Arc<Ctx>, tun: Tunnel, upgraded: Upgraded, slot: Arc<ConnSlot>) {
-    let io = TokioIo::new(upgraded);
+/// Terminates the client's TLS and serves the requests inside. `io` is the
+/// CONNECT tunnel, or a redirected connection with its ClientHello replayed.
+pub async fn intercept<IO>(ctx: Arc<Ctx>, tun: Tunnel, io: IO, slot: Arc<ConnSlot>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let hs_timeout = ctx.limits.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(hs_timeout, acceptor).await {
@@ -112,38 +115,52 @@ pub async fn intercept(ctx: Arc<Ctx>, tun: Tunnel, upgraded: Upgraded, slot: Arc
             tracing::debug!(error = %e, "h2 tunnel ended with an error");
         }
     } else {
-        let nonce = new_nonce();
-        let guard = FramingGuard::new(tls, nonce.clone(), ctx.limits.max_header_bytes);
-        let flow = Arc::new(Flow {
-            listener: tun.listener,
-            entry,
-            wire: Wire::Http1 { nonce },
-            slot,
-        });
-        let svc_ctx = ctx.clone();
-        let svc = service_fn(move |req: hyper::Request<Incoming>| {
-            let ctx = svc_ctx.clone();
-            let flow = flow.clone();
-            async move {
-                let asked = Asked::of(&req);
-                let mut resp = pipeline::drive(ctx, flow, req).await;
-                close_unless_switched(asked, &mut resp);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(ctx.limits.client_header_timeout)
-            .serve_connection(TokioIo::new(guard), svc)
-            .with_upgrades();
-        let res = serve_with_drain!(
-            conn,
-            ctx.reached(Phase::Draining),
-            ctx.reached(Phase::Closing)
-        );
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "h1 tunnel ended with an error");
+        serve_h1(ctx, tun.listener, entry, tls, slot).await;
+    }
+}
+
+/// Serves HTTP/1.1 behind the framing guard: inside an intercepted tunnel, or
+/// on a redirected plain-HTTP connection.
+pub async fn serve_h1<IO>(
+    ctx: Arc<Ctx>,
+    listener: String,
+    entry: Entry,
+    io: IO,
+    slot: Arc<ConnSlot>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let nonce = new_nonce();
+    let guard = FramingGuard::new(io, nonce.clone(), ctx.limits.max_header_bytes);
+    let flow = Arc::new(Flow {
+        listener,
+        entry,
+        wire: Wire::Http1 { nonce },
+        slot,
+    });
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let flow = flow.clone();
+        async move {
+            let asked = Asked::of(&req);
+            let mut resp = pipeline::drive(ctx, flow, req).await;
+            close_unless_switched(asked, &mut resp);
+            Ok::<_, Infallible>(resp)
         }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.client_header_timeout)
+        .serve_connection(TokioIo::new(guard), svc)
+        .with_upgrades();
+    let res = serve_with_drain!(
+        conn,
+        ctx.reached(Phase::Draining),
+        ctx.reached(Phase::Closing)
+    );
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "h1 connection ended with an error");
     }
 }
 

@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use portcullis_rules::{Host, Mode, Route};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Tunnel;
 use crate::ctx::Ctx;
@@ -21,11 +19,13 @@ use crate::record::OutcomeGuard;
 /// Largest ClientHello we buffer while looking for the SNI.
 const MAX_HELLO: usize = 64 * 1024;
 
-pub async fn passthrough(ctx: Arc<Ctx>, tun: Tunnel, upgraded: Upgraded, outcome: OutcomeGuard) {
+pub async fn passthrough<IO>(ctx: Arc<Ctx>, tun: Tunnel, mut client: IO, outcome: OutcomeGuard)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let TunnelVerdict::Passthrough(route) = &tun.verdict else {
         return;
     };
-    let mut client = TokioIo::new(upgraded);
     let hello =
         match tokio::time::timeout(ctx.limits.handshake_timeout, read_client_hello(&mut client))
             .await
@@ -112,12 +112,13 @@ async fn revoked(ctx: &Ctx, tun: &Tunnel, route: &Route) {
     }
 }
 
-struct Hello {
-    bytes: Vec<u8>,
-    sni: Option<String>,
+/// A ClientHello as read off the wire: its bytes (to replay) and its SNI.
+pub struct Hello {
+    pub bytes: Vec<u8>,
+    pub sni: Option<String>,
 }
 
-async fn read_client_hello<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Hello> {
+pub async fn read_client_hello<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Hello> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut bytes = Vec::with_capacity(2048);
     let mut buf = [0u8; 4096];

@@ -24,6 +24,7 @@ mod raw;
 mod routes;
 mod schema;
 mod settings;
+mod sidecar;
 mod validate;
 mod values;
 
@@ -51,6 +52,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Where the provider key vault lives.
     pub vault: VaultConfig,
+    /// The allowlisting DNS responder for transparent agents, if any.
+    pub dns: Option<DnsConfig>,
     /// Tenants, agents and routes.
     pub policy: Arc<Policy>,
 }
@@ -89,6 +92,9 @@ pub enum ListenerMode {
     /// A base-URL gateway: `http://host/{provider}/…` goes to that provider's API,
     /// and the agent's token arrives where the provider key would.
     Gateway,
+    /// Connections redirected by iptables `REDIRECT`: the original destination,
+    /// the SNI (or `Host`) and the source address say where and who.
+    Transparent,
 }
 
 /// How a listener identifies the calling agent.
@@ -102,6 +108,51 @@ pub enum ListenerAuth {
         /// A declared agent id.
         agent: String,
     },
+    /// By source address (transparent listeners, the DNS responder): the
+    /// first entry whose network holds the peer's address names the agent.
+    /// A peer outside every network is refused.
+    Sources(Vec<SourceAgent>),
+}
+
+/// One `sources = [{ cidr, agent }]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceAgent {
+    pub net: ipnet::IpNet,
+    /// A declared agent id.
+    pub agent: String,
+}
+
+impl ListenerAuth {
+    /// The agent a connection from `peer` acts as, for the identities that
+    /// come from config rather than from a credential.
+    pub fn agent_for_peer(&self, peer: IpAddr) -> Option<&str> {
+        // A v4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        match self {
+            ListenerAuth::None { agent } => Some(agent),
+            ListenerAuth::Sources(list) => list
+                .iter()
+                .find(|s| s.net.contains(&peer))
+                .map(|s| s.agent.as_str()),
+            ListenerAuth::Basic => None,
+        }
+    }
+}
+
+/// `[dns]`: the allowlisting DNS responder (UDP). It answers A and AAAA
+/// queries only for names some route of the asking agent allows, with the
+/// addresses the proxy itself resolves; every other query is refused, and
+/// nothing is ever forwarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub bind: SocketAddr,
+    /// Who is asking: a fixed agent, or by source address.
+    pub auth: ListenerAuth,
+    /// The TTL on answers, in seconds. Default 30.
+    pub ttl: u32,
 }
 
 /// `[admin]`.

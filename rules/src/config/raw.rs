@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) upstream: Option<RawUpstream>,
     pub(super) limits: Option<RawLimits>,
     pub(super) vault: Option<RawVault>,
+    pub(super) dns: Option<S<RawDns>>,
     #[serde(default)]
     pub(super) tenants: Vec<S<RawTenant>>,
     #[serde(default)]
@@ -37,7 +38,24 @@ pub(super) struct RawListener {
     pub(super) mode: Option<S<String>>,
     pub(super) auth: Option<S<String>>,
     pub(super) agent: Option<S<String>>,
+    pub(super) sources: Option<S<Vec<S<RawSource>>>>,
     pub(super) force_unauthenticated: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub(super) cidr: Option<S<String>>,
+    pub(super) agent: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub(super) bind: Option<S<String>>,
+    pub(super) agent: Option<S<String>>,
+    pub(super) sources: Option<S<Vec<S<RawSource>>>>,
+    pub(super) ttl: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,7 @@ pub(super) const ROOT: Table = Table {
         ("upstream", T(&UPSTREAM)),
         ("limits", T(&LIMITS)),
         ("vault", T(&VAULT)),
+        ("dns", T(&DNS)),
         ("tenants", Ts(&TENANT)),
         ("agents", Ts(&AGENT)),
         ("routes", Ts(&ROUTE)),
@@ -59,7 +60,23 @@ const LISTENER: Table = Table {
         ("mode", V),
         ("auth", V),
         ("agent", V),
+        ("sources", Ts(&SOURCE)),
         ("force_unauthenticated", V),
+    ],
+};
+
+const SOURCE: Table = Table {
+    name: "a `sources` entry",
+    keys: &[("cidr", V), ("agent", V)],
+};
+
+const DNS: Table = Table {
+    name: "[dns]",
+    keys: &[
+        ("bind", V),
+        ("agent", V),
+        ("sources", Ts(&SOURCE)),
+        ("ttl", V),
     ],
 };
 

@@ -112,24 +112,28 @@ impl Errors<'_> {
                 Some(mode) => match mode.get_ref().as_str() {
                     "forward" => Some(ListenerMode::Forward),
                     "gateway" => Some(ListenerMode::Gateway),
-                    other @ "transparent" => {
-                        self.at(
-                            &mode.span(),
-                            format!("listener mode \"{other}\" is not supported yet by this version of Portcullis; use mode = \"forward\" or \"gateway\""),
-                        );
-                        None
-                    }
+                    "transparent" => Some(ListenerMode::Transparent),
                     other => {
                         self.at(
                             &mode.span(),
-                            format!("unknown listener mode \"{other}\"; use mode = \"forward\" or \"gateway\""),
+                            format!("unknown listener mode \"{other}\"; use mode = \"forward\", \"gateway\" or \"transparent\""),
                         );
                         None
                     }
                 },
             };
 
-            let auth = self.listener_auth(&listener, span.clone(), bind, agents);
+            let auth = if mode == Some(ListenerMode::Transparent) {
+                self.transparent_auth(&listener, span.clone(), bind, agents)
+            } else {
+                if let Some(sources) = &listener.sources {
+                    self.at(
+                        &sources.span(),
+                        "`sources` only applies to a listener with mode = \"transparent\"; remove it",
+                    );
+                }
+                self.listener_auth(&listener, span.clone(), bind, agents)
+            };
 
             if let (Some(bind), Some(mode), Some(auth)) = (bind, mode, auth) {
                 listeners.push(ListenerConfig {

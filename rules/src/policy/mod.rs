@@ -211,6 +211,25 @@ impl Policy {
         }))
     }
 
+    /// Whether the DNS responder may answer `host` for `agent`: some port of
+    /// some route naming the host passes [`Policy::precheck`]. The route that
+    /// does is returned, for its private-address allowances; the first refusal
+    /// otherwise.
+    pub fn dns_route(&self, agent: &Agent, host: &Host) -> Result<Arc<Route>, Decision> {
+        let mut first_refusal = None;
+        for route in self.candidates(agent, host) {
+            for port in &route.ports {
+                match self.precheck(agent, host, *port) {
+                    Ok(r) => return Ok(r),
+                    Err(d) => {
+                        first_refusal.get_or_insert(d);
+                    }
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| Decision::deny(Reason::NoRoute)))
+    }
+
     /// Walk the candidate routes for a classified request: first match wins.
     /// A route that inspects the body refuses a body it cannot inspect
     /// ([`BodyView::refusal`]).
