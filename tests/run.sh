@@ -5,6 +5,9 @@
 #   - a Python venv at ./.venv with the pinned openai / anthropic SDKs;
 #   - cargo fmt --check, cargo clippy -D warnings, then cargo test for the
 #     whole workspace (the e2e suite finds the venv through PORTCULLIS_TEST_PYTHON).
+#   - for the transparent-mode and shared-state tests: iproute2, iptables and
+#     redis-server (the transparent tests create network namespaces, so they
+#     run as root, as CI does).
 # Nothing is skipped when a tool is missing: setup fails loudly instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +24,13 @@ PROMETHEUS_CLIENT_VERSION=0.26.0  # its text parser checks /metrics
 need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+# The transparent-mode tests: network namespaces, veth, iptables REDIRECT, setpriv.
+have ip || need_pkgs+=(iproute2)
+{ have iptables && have ip6tables; } || need_pkgs+=(iptables)
+have setpriv || need_pkgs+=(util-linux)
+# The shared-state tests start their own redis-server on loopback.
+have redis-server || need_pkgs+=(redis-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   SUDO=""
