@@ -350,3 +350,103 @@ print("openai:", r.choices[0].message.content)
         .unwrap();
     assert!(verify.status.success(), "{}", text(&verify));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_addresses_name_the_agent_and_a_passthrough_route_splices_the_replayed_hello() {
+    let ns = Netns::create(12);
+    let pki = OriginPki::new();
+    let host = ns.host_v4;
+    let origin = Origin::start_tls_on(&pki, SocketAddr::from((host, 443))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let origin_ca = dir.path().join("origin-ca.pem");
+    std::fs::copy(&pki.ca_pem_path, &origin_ca).unwrap();
+    let agent_src = ns.agent_v4;
+    let cfg = config(&ns, &origin_ca.display().to_string())
+        .replacen(
+            &format!("mode = \"transparent\"\nagent = \"{AGENT}\""),
+            &format!(
+                "mode = \"transparent\"\nsources = [{{ cidr = \"{agent_src}/32\", agent = \"{AGENT}\" }}]"
+            ),
+            1,
+        )
+        .replace(
+            "resolve = [",
+            &format!("resolve = [\"api.anthropic.com:443:{host}:443\", "),
+        )
+        + r#"
+[[routes]]
+id = "anthropic-spliced"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.anthropic.com"]
+mode = "passthrough"
+allow_private = ["10.201.0.0/16"]
+"#;
+    assert!(cfg.contains("sources = ["), "{cfg}");
+    let proxy = SidecarProxy::start(&ns, dir.path(), &cfg);
+    ns.redirect_to_proxy();
+    // A second address in the agent's namespace that no `sources` entry maps.
+    let stranger = std::net::Ipv4Addr::new(10, 201, 12, 5);
+    let mut add = ns.command("ip");
+    add.args(["addr", "add", &format!("{stranger}/24"), "dev", "pca12"]);
+    assert!(add.status().unwrap().success());
+
+    let ca = dir.path().join("ca/ca.pem").display().to_string();
+    let origin_ca_s = origin_ca.display().to_string();
+    let (mapped, spliced, unmapped) = tokio::task::block_in_place(|| {
+        let mapped = curl(&ns, &["--cacert", &ca, "https://api.openai.com/v1/models"]);
+        // Passthrough: the agent talks TLS with the origin itself, so it
+        // trusts the origin's CA, not ours.
+        let spliced = curl(
+            &ns,
+            &[
+                "--cacert",
+                &origin_ca_s,
+                "https://api.anthropic.com/v1/messages",
+            ],
+        );
+        let unmapped = curl(
+            &ns,
+            &[
+                "--cacert",
+                &ca,
+                "--interface",
+                &stranger.to_string(),
+                "https://api.openai.com/v1/models",
+            ],
+        );
+        (mapped, spliced, unmapped)
+    });
+    let log = proxy.log();
+    assert!(mapped.status.success(), "{}\n{log}", text(&mapped));
+    assert!(spliced.status.success(), "{}\n{log}", text(&spliced));
+    assert!(
+        String::from_utf8_lossy(&spliced.stdout).contains("origin saw GET /v1/messages"),
+        "{}",
+        text(&spliced)
+    );
+    assert!(!unmapped.status.success(), "{}", text(&unmapped));
+    assert_eq!(origin.seen().len(), 2, "{log}");
+
+    assert!(proxy.terminate().success());
+    let records = ledger_records(&dir.path().join("ledger"));
+    let spliced_rec = records
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["dest_host"] == "api.anthropic.com")
+        .expect("a decision for the spliced connection");
+    assert_eq!(spliced_rec["rule_id"], "anthropic-spliced");
+    let id = spliced_rec["event_id"].clone();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "outcome" && r["event_id"] == id && r["end"] == "complete"),
+        "the splice's outcome is recorded: {records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "decision"
+            && r["listener"] == "redirect4"
+            && r["reason"] == "auth_failed"
+            && r.get("agent").is_none()),
+        "an unmapped source is refused: {records:?}"
+    );
+}
