@@ -60,6 +60,13 @@
 //!    HTTP base-URL requests, `/{provider}/…`, for SDKs that cannot trust a CA:
 //!    the agent's token sits where the provider key would, and `bind` turns the
 //!    path prefix into the provider's catalog host. It then runs the same driver.
+//!    A `transparent` listener (`listen::transparent`) takes connections that
+//!    iptables `REDIRECT` sent: the original destination comes from
+//!    `SO_ORIGINAL_DST`, the name from the SNI (or `Host`) read and replayed
+//!    (`listen::rewind`), and the name must resolve to that destination. The
+//!    agent is the listener's fixed agent or its source-CIDR map; from there
+//!    it is a tunnel like a CONNECT's. Its DNS responder (`listen::dns`)
+//!    answers only names the agent's routes allow and records every refusal.
 //!    The admin API (`admin`) serves health, readiness, metrics, reload, the
 //!    ledger head and approvals on its own loopback listener.
 //! 7. **Shutdown** (`app`). Stop accepting, drain in-flight requests for the
