@@ -1,0 +1,47 @@
+//! The load generator runs end to end (every workload, h1 and h2, direct and
+//! through both ledger sync modes) without a failed request. Speed is not
+//! asserted: it is printed, and read as ratios.
+#![allow(clippy::unwrap_used)]
+
+fn loadgen(extra: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-loadgen"))
+        .args(["--duration", "0.5", "--conns", "2", "--workload", "all"])
+        .args(extra)
+        .arg("--proxy-bin")
+        .arg(portcullis_tests::portcullis_bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn assert_clean(text: &str) {
+    for label in ["direct", "sync=always", "sync=batch"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(label))
+            .collect();
+        assert_eq!(lines.len(), 4, "one {label} line per workload:\n{text}");
+        for l in lines {
+            assert!(l.contains("errors 0"), "{l}\n{text}");
+            assert!(!l.contains(" 0 req/s"), "{l}\n{text}");
+        }
+    }
+    assert!(!text.contains("first error"), "{text}");
+    assert!(text.contains("proxy CPU"), "{text}");
+}
+
+#[test]
+fn the_load_generator_runs_every_workload_over_http1_direct_and_through_the_proxy() {
+    assert_clean(&loadgen(&[]));
+}
+
+#[test]
+fn the_load_generator_runs_every_workload_over_http2() {
+    assert_clean(&loadgen(&["--h2"]));
+}
