@@ -115,7 +115,10 @@ fn seq(v: Option<&Value>) -> Vec<Value> {
 }
 
 fn int_of(v: Option<&Value>) -> Option<i64> {
-    v.and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+    v.and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    })
 }
 
 /// `portcullis check` on a config text; Err(stderr) when it fails.
@@ -219,10 +222,7 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
         for c in &containers {
             let name = str_of(c, &["name"]).unwrap_or("?");
             let sc = c.get("securityContext");
-            let flag = |k: &str| {
-                sc.and_then(|s| s.get(k))
-                    .and_then(Value::as_bool)
-            };
+            let flag = |k: &str| sc.and_then(|s| s.get(k)).and_then(Value::as_bool);
             let added: Vec<String> = seq(sc.and_then(|s| at(s, &["capabilities", "add"])))
                 .iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
@@ -232,7 +232,9 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect();
             if dropped != ["ALL"] {
-                p(format!("{name}: capabilities.drop is {dropped:?}, not [ALL]"));
+                p(format!(
+                    "{name}: capabilities.drop is {dropped:?}, not [ALL]"
+                ));
             }
             if flag("allowPrivilegeEscalation") != Some(false) {
                 p(format!("{name}: allowPrivilegeEscalation is not false"));
@@ -319,7 +321,7 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
         }
         let probe_port = ready
             .and_then(|r| at(r, &["httpGet", "port"]))
-            .and_then(|v| v.as_str().map_or_else(|| int_of(Some(v)), |n| named_port(n)));
+            .and_then(|v| v.as_str().map_or_else(|| int_of(Some(v)), &named_port));
         if probe_port != Some(admin_port) {
             p(format!(
                 "readinessProbe port is {probe_port:?}, the config's admin port is {admin_port}"
@@ -369,8 +371,13 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
             }
             for c in &containers {
                 let name = str_of(c, &["name"]).unwrap_or("?");
-                if name != "portcullis" && !name.starts_with("portcullis-") && uid_of(pod, c) == exempt {
-                    p(format!("{name} runs as the exempt UID {exempt:?}: it would bypass the redirect"));
+                if name != "portcullis"
+                    && !name.starts_with("portcullis-")
+                    && uid_of(pod, c) == exempt
+                {
+                    p(format!(
+                        "{name} runs as the exempt UID {exempt:?}: it would bypass the redirect"
+                    ));
                 }
             }
             let tcp = env_of(init, "PORTCULLIS_TCP_PORT").and_then(|v| v.parse::<u16>().ok());
@@ -447,7 +454,9 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
                     p(format!("listener {bind} has no containerPort"));
                 }
                 if bind.starts_with("127.") {
-                    p(format!("listener {bind} is loopback: no Service can reach it"));
+                    p(format!(
+                        "listener {bind} is loopback: no Service can reach it"
+                    ));
                 }
             }
         }
@@ -509,22 +518,28 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
                     }
                 }
             },
-            "PodDisruptionBudget" => {
-                if selects(at(doc, &["spec", "selector", "matchLabels"])).is_none() {
-                    p(format!("PodDisruptionBudget {name} selects no pod of this set"));
-                }
+            "PodDisruptionBudget"
+                if selects(at(doc, &["spec", "selector", "matchLabels"])).is_none() =>
+            {
+                p(format!(
+                    "PodDisruptionBudget {name} selects no pod of this set"
+                ));
             }
             "HorizontalPodAutoscaler" => {
                 let target = str_of(doc, &["spec", "scaleTargetRef", "name"]);
-                if !pod_labels.iter().any(|(n, _, _)| Some(n.as_str()) == target) {
-                    p(format!("HPA {name} scales {target:?}, not a Deployment of this set"));
+                if !pod_labels
+                    .iter()
+                    .any(|(n, _, _)| Some(n.as_str()) == target)
+                {
+                    p(format!(
+                        "HPA {name} scales {target:?}, not a Deployment of this set"
+                    ));
                 }
             }
             "ServiceMonitor" => {
-                let sel: BTreeMap<String, String> =
-                    at(doc, &["spec", "selector", "matchLabels"])
-                        .and_then(|s| serde_yaml::from_value(s.clone()).ok())
-                        .unwrap_or_default();
+                let sel: BTreeMap<String, String> = at(doc, &["spec", "selector", "matchLabels"])
+                    .and_then(|s| serde_yaml::from_value(s.clone()).ok())
+                    .unwrap_or_default();
                 let svc = services.iter().find(|s| {
                     let labels: BTreeMap<String, String> = at(s, &["metadata", "labels"])
                         .and_then(|l| serde_yaml::from_value(l.clone()).ok())
@@ -562,7 +577,10 @@ fn assert_no_problems(problems: Vec<String>) {
 fn kustomization_docs(dir: &str) -> Vec<Value> {
     let k = raw_docs(&format!("{dir}/kustomization.yaml"));
     let resources = seq(k[0].get("resources"));
-    assert!(!resources.is_empty(), "{dir}/kustomization.yaml lists no resources");
+    assert!(
+        !resources.is_empty(),
+        "{dir}/kustomization.yaml lists no resources"
+    );
     resources
         .iter()
         .flat_map(|r| raw_docs(&format!("{dir}/{}", r.as_str().unwrap())))
@@ -654,10 +672,15 @@ fn the_image_runs_as_the_uid_the_sidecar_rules_exempt() {
     );
     assert!(dockerfile.contains("cargo build --release --locked -p portcullis"));
     assert!(dockerfile.lines().any(|l| l == "USER 1337:1337"));
-    assert!(read("deploy/kubernetes/sidecar/iptables.sh").contains("PROXY_UID=\"${PROXY_UID:-1337}\""));
+    assert!(
+        read("deploy/kubernetes/sidecar/iptables.sh").contains("PROXY_UID=\"${PROXY_UID:-1337}\"")
+    );
     assert!(read("deploy/helm/portcullis/values.yaml").contains("\nproxyUid: 1337\n"));
     let ignore = read(".dockerignore");
-    assert!(ignore.lines().any(|l| l == "/target"), "the build context would ship target/");
+    assert!(
+        ignore.lines().any(|l| l == "/target"),
+        "the build context would ship target/"
+    );
 }
 
 #[test]
@@ -670,9 +693,18 @@ fn configmap_scripts_are_the_files_beside_them() {
             .find_map(|d| str_of(d, &["data", key]).map(str::to_owned))
             .unwrap_or_else(|| panic!("{file} has no {key}"))
     };
-    assert_eq!(embedded("deploy/kubernetes/sidecar/configmap.yaml", "iptables.sh"), iptables);
-    assert_eq!(embedded("deploy/kubernetes/sidecar/configmap.yaml", "prepare.sh"), prepare);
-    assert_eq!(embedded("deploy/kubernetes/central/configmap.yaml", "prepare.sh"), prepare);
+    assert_eq!(
+        embedded("deploy/kubernetes/sidecar/configmap.yaml", "iptables.sh"),
+        iptables
+    );
+    assert_eq!(
+        embedded("deploy/kubernetes/sidecar/configmap.yaml", "prepare.sh"),
+        prepare
+    );
+    assert_eq!(
+        embedded("deploy/kubernetes/central/configmap.yaml", "prepare.sh"),
+        prepare
+    );
     assert_eq!(read("deploy/helm/portcullis/files/iptables.sh"), iptables);
     assert_eq!(read("deploy/helm/portcullis/files/prepare.sh"), prepare);
 }
@@ -937,8 +969,11 @@ fn systemd_unit_passes_systemd_analyze_verify_and_its_security_review() {
     };
     let verify = analyze(&["verify"]);
     let noise = String::from_utf8_lossy(&verify.stderr);
-    assert!(verify.status.success() && noise.trim().is_empty(), "{noise}");
-    // Exposure 0-10 in tenths: 15 is "1.5 OK". The unit scores about 1.0.
+    assert!(
+        verify.status.success() && noise.trim().is_empty(),
+        "{noise}"
+    );
+    // Exposure 0-10 in tenths: 15 is "1.5 OK". The unit scores 1.1.
     let security = analyze(&["security", "--offline=yes", "--threshold=15"]);
     assert!(
         security.status.success(),
@@ -966,9 +1001,15 @@ impl Drop for Namespaces {
 }
 
 fn sh(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| {
-        panic!("{}: {e} (tests/run.sh installs iproute2 and iptables)", cmd[0])
-    });
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (tests/run.sh installs iproute2 and iptables)",
+                cmd[0]
+            )
+        });
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
@@ -1029,7 +1070,17 @@ fn iptables_script_sends_agent_traffic_to_the_proxy_and_exempts_only_the_proxy_u
         ns.names.push(n.clone());
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
-    sh(&["ip", "link", "add", &veth_pod, "type", "veth", "peer", "name", &veth_world]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &veth_pod,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_world,
+    ]);
     sh(&["ip", "link", "set", &veth_pod, "netns", &pod]);
     sh(&["ip", "link", "set", &veth_world, "netns", &world]);
     for (n, dev, v4, v6) in [
@@ -1153,7 +1204,9 @@ fn iptables_script_sends_agent_traffic_to_the_proxy_and_exempts_only_the_proxy_u
     for &(uid, proto, host, port, want) in cases {
         let got = client(uid, proto, host, port);
         if got != want {
-            wrong.push(format!("uid {uid} {proto} {host}:{port}: got {got:?}, want {want:?}"));
+            wrong.push(format!(
+                "uid {uid} {proto} {host}:{port}: got {got:?}, want {want:?}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
