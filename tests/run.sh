@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The one test command (README "Test it"). On a fresh Debian machine it
 # installs what the tests need, then runs every check and every test:
-#   - Debian packages: curl (a real client) and python3-venv, if missing;
-#   - a Python venv at ./.venv with the pinned openai / anthropic SDKs;
+#   - Debian packages: curl (a real client) and python3-venv, plus iptables, iproute2
+#     and systemd for the deploy/ checks (netns rules, systemd-analyze), if missing;
+#   - a Python venv at ./.venv with the pinned openai / anthropic SDKs, and the Helm Go
+#     SDK (helm-python-sdk: renders the chart, no helm binary) and the Kubernetes API
+#     schemas (kubernetes-validate) for deploy/;
 #   - cargo fmt --check, cargo clippy -D warnings, then cargo test for the
 #     whole workspace (the e2e suite finds the venv through PORTCULLIS_TEST_PYTHON).
-#   - for the transparent-mode and shared-state tests: iproute2, iptables and
-#     redis-server (the transparent tests create network namespaces, so they
-#     run as root, as CI does).
+#   - for the transparent-mode and shared-state tests: setpriv and redis-server
+#     (the transparent tests create network namespaces, so they run as root,
+#     as CI does).
 # Nothing is skipped when a tool is missing: setup fails loudly instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,8 @@ OPENAI_VERSION=3.54.0
 ANTHROPIC_VERSION=2.12.0
 HTTPX_VERSION=0.28.1
 PROMETHEUS_CLIENT_VERSION=0.26.0  # its text parser checks /metrics
+HELM_SDK_VERSION=0.2.2            # Helm v4's Go SDK: renders and lints deploy/helm
+KUBERNETES_VALIDATE_VERSION=1.37.0  # Kubernetes API schemas for deploy/ manifests
 
 need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
@@ -31,6 +36,7 @@ have ip || need_pkgs+=(iproute2)
 have setpriv || need_pkgs+=(util-linux)
 # The shared-state tests start their own redis-server on loopback.
 have redis-server || need_pkgs+=(redis-server)
+have systemd-analyze || need_pkgs+=(systemd)  # deploy/: systemd-analyze verify
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   SUDO=""
@@ -40,17 +46,18 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 venv="$root/.venv"
-stamp="$venv/.portcullis-sdk-$OPENAI_VERSION-$ANTHROPIC_VERSION-$HTTPX_VERSION-$PROMETHEUS_CLIENT_VERSION"
+stamp="$venv/.portcullis-sdk-$OPENAI_VERSION-$ANTHROPIC_VERSION-$HTTPX_VERSION-$PROMETHEUS_CLIENT_VERSION-$HELM_SDK_VERSION-$KUBERNETES_VALIDATE_VERSION"
 if [ ! -f "$stamp" ]; then
   say "creating the SDK venv in .venv (openai==$OPENAI_VERSION anthropic==$ANTHROPIC_VERSION)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     "openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "httpx==$HTTPX_VERSION" \
-    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION" \
+    "helm-python-sdk==$HELM_SDK_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   touch "$stamp"
 fi
 export PORTCULLIS_TEST_PYTHON="$venv/bin/python"
-"$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic, prometheus_client; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
+"$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic, prometheus_client, helm_python, kubernetes_validate; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
