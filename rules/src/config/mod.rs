@@ -24,8 +24,11 @@ mod raw;
 mod routes;
 mod schema;
 mod settings;
+mod state;
 mod validate;
 mod values;
+
+pub use state::{RedisUrl, StateBackend, StateConfig, DEFAULT_STATE_TIMEOUT};
 
 use raw::RawConfig;
 use validate::Errors;
@@ -51,6 +54,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Where the provider key vault lives.
     pub vault: VaultConfig,
+    /// Where budgets, rate limits and approvals live.
+    pub state: StateConfig,
     /// Tenants, agents and routes.
     pub policy: Arc<Policy>,
 }

@@ -113,6 +113,7 @@ impl Errors<'_> {
         let upstream = self.upstream(raw.upstream);
         let limits = self.limits(raw.limits);
         let vault = self.vault(raw.vault);
+        let state = self.state(raw.state);
 
         let tenants: Vec<String> = tenants.into_keys_in_order();
         Config {
@@ -123,6 +124,7 @@ impl Errors<'_> {
             limits,
             ledger,
             vault,
+            state,
             policy: Arc::new(Policy::new(
                 tenants,
                 tenant_budgets,
