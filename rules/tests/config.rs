@@ -1127,7 +1127,10 @@ fn a_redis_url_error_never_echoes_the_password() {
     let errors = errors_of("s.toml", &fixture("invalid", "state_url_bad"));
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(!errors[0].1.contains("hunter2"), "{errors:#?}");
-    assert!(errors[0].1.contains("redis://***@redis.internal"), "{errors:#?}");
+    assert!(
+        errors[0].1.contains("redis://***@redis.internal"),
+        "{errors:#?}"
+    );
 }
 
 #[test]

@@ -46,7 +46,8 @@ pub struct RedisUrl {
 impl RedisUrl {
     /// Checks the URL's shape (not that anything answers there).
     pub fn parse(s: &str) -> Result<RedisUrl, String> {
-        let hint = "write redis://HOST:6379/0, with the password if any as redis://:PASSWORD@HOST:6379/0";
+        let hint =
+            "write redis://HOST:6379/0, with the password if any as redis://:PASSWORD@HOST:6379/0";
         let redacted = redact(s);
         if s.starts_with("rediss://") {
             return Err(format!(
@@ -56,8 +57,7 @@ impl RedisUrl {
         let Some(rest) = s.strip_prefix("redis://") else {
             return Err(format!("`{redacted}` is not a Redis URL; {hint}"));
         };
-        if rest.contains(['?', '#']) || rest.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if rest.contains(['?', '#']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!(
                 "`{redacted}`: query strings, fragments and spaces are not supported; {hint}"
             ));
