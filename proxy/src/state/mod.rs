@@ -117,6 +117,7 @@ impl State {
         match &cfg.backend {
             StateBackend::Redis { url, timeout } => {
                 let conn = redis::RedisConn::open(url, *timeout)?;
+                tracing::info!(%url, ?timeout, "budgets, rate limits and approvals are shared through Redis");
                 Ok(State {
                     budgets: Arc::new(redis::RedisBudgets::new(conn.clone())),
                     approvals: Arc::new(redis::RedisApprovals::new(conn.clone())),
