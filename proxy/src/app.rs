@@ -23,7 +23,7 @@ use crate::listen::{accept_loop, ListenerInfo};
 use crate::metrics::{Metrics, WebhookResult};
 use crate::policy::{reload, reload_result, watch_file, PolicyHolder, ReloadError, ReloadOutcome};
 use crate::record::Outcomes;
-use crate::state::{Approvals, MemoryBudgets};
+use crate::state::{Backend, State, StateError};
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSetupError};
 use crate::vault::Keys;
 use crate::webhook::{DeliveryResult, WebhookOptions, WebhookSender, Webhooks};
@@ -54,6 +54,8 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("vault: {0}")]
     Vault(#[from] portcullis_certs::VaultError),
+    #[error("state: {0}")]
+    State(#[from] StateError),
 }
 
 /// What `start` needs beyond the parsed config.
@@ -318,13 +320,20 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         ..WebhookOptions::default()
     });
     let webhooks = Webhooks::new(sender, policy.clone(), keys.clone());
+    // Budgets, rate limits and approvals: in memory, or shared through Redis.
+    let state = State::open(&cfg.state)?;
+    if matches!(state.backend, Backend::Redis(_)) && cfg.ledger.replica_id == "default" {
+        // Replicas that share state are several processes, each with its own chain.
+        tracing::warn!("[state] is shared through Redis but [ledger] replica_id is \"default\": give each replica its own replica_id and ledger dir, so that `ledger verify` tells their chains apart");
+    }
     let ctx = Arc::new(Ctx {
         policy,
         keys,
         webhooks,
         vault: vault_scanner,
-        budgets: Arc::new(MemoryBudgets::default()),
-        approvals: Approvals::default(),
+        budgets: state.budgets,
+        approvals: state.approvals,
+        state: state.backend,
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),

@@ -14,7 +14,7 @@ use crate::flow::Phase;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHolder;
 use crate::record::Outcomes;
-use crate::state::{Approvals, Budgets};
+use crate::state::{Approvals, Backend, Budgets};
 use crate::upstream::Upstream;
 use crate::vault::Keys;
 use crate::webhook::Webhooks;
@@ -47,7 +47,9 @@ pub struct Ctx {
     /// Token budgets and rate limits.
     pub budgets: Arc<dyn Budgets>,
     /// Requests held for an approver.
-    pub approvals: Approvals,
+    pub approvals: Arc<dyn Approvals>,
+    /// Where budgets and approvals live (memory or Redis), for readiness.
+    pub state: Backend,
     /// The one metric catalog.
     pub metrics: Metrics,
     /// Signed notices of deny, warn and narrow decisions to tenants' receivers.

@@ -37,7 +37,9 @@
 //!      table; the checked addresses (`upstream::Checked`) are all the dial
 //!      may use. Then the request's token estimate is reserved in every
 //!      budget that covers it (`state`), so the request that would cross a
-//!      limit is refused (`429`) before it leaves;
+//!      limit is refused (`429`) before it leaves. The counters are in memory,
+//!      or in Redis when replicas share them (`state::redis`); Redis out of
+//!      reach fails the request closed (`503 state_unavailable`);
 //!    - `inject` (choose): on a route with `inject_key`, the tenant's key for
 //!      that provider (`vault`), only if the host is that provider's;
 //!    - `record`: the decision record, naming the key's slot and version, is
@@ -68,7 +70,9 @@
 //!    it is a tunnel like a CONNECT's. Its DNS responder (`listen::dns`)
 //!    answers only names the agent's routes allow and records every refusal.
 //!    The admin API (`admin`) serves health, readiness, metrics, reload, the
-//!    ledger head and approvals on its own loopback listener.
+//!    ledger head and approvals on its own loopback listener. Approvals live
+//!    in the same store as budgets, so with Redis any replica lists and
+//!    decides a request that another replica holds.
 //! 7. **Shutdown** (`app`). Stop accepting, drain in-flight requests for the
 //!    grace period, drop what is left (their guards write outcomes), wait for
 //!    pending outcome records, then seal the ledger with a final checkpoint.

@@ -212,7 +212,9 @@ pub fn status_for(reason: Reason) -> StatusCode {
         | Reason::UpstreamError
         | Reason::ResolveFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Reason::LedgerUnavailable | Reason::KeyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::LedgerUnavailable | Reason::StateUnavailable | Reason::KeyUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -250,6 +252,7 @@ mod tests {
         (Reason::UpstreamError, 502),
         (Reason::ResolveFailed, 502),
         (Reason::LedgerUnavailable, 503),
+        (Reason::StateUnavailable, 503),
         (Reason::KeyUnavailable, 503),
         (Reason::ModelNotAllowed, 403),
         (Reason::OperationNotAllowed, 403),

@@ -130,6 +130,7 @@ pub use config::{
     LedgerConfig, LedgerSync, Limits, ListenerAuth, ListenerConfig, ListenerMode, ResolveEntry,
     SourceAgent, UpstreamConfig, VaultConfig, EMBEDDED_DEFAULT,
 };
+pub use config::{RedisUrl, StateBackend, StateConfig, DEFAULT_STATE_TIMEOUT};
 pub use decision::Decision;
 pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};
 pub use detect::redact::{redact, Redactor, REDACTED};

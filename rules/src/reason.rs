@@ -96,6 +96,9 @@ pub enum Reason {
     ResolveFailed,
     /// The ledger cannot be written, so the proxy fails closed.
     LedgerUnavailable,
+    /// The shared state (budgets, rate limits, approvals) cannot be reached, so a
+    /// request that needs it fails closed.
+    StateUnavailable,
     /// The request would take a token budget past its limit (refused up front).
     BudgetExceeded,
     /// The request would pass a requests-per-minute limit.
@@ -155,6 +158,7 @@ impl Reason {
         Reason::UpstreamError,
         Reason::ResolveFailed,
         Reason::LedgerUnavailable,
+        Reason::StateUnavailable,
         Reason::BudgetExceeded,
         Reason::RateLimited,
         Reason::ApprovalDenied,
@@ -198,6 +202,7 @@ impl Reason {
             Reason::UpstreamError => "upstream_error",
             Reason::ResolveFailed => "resolve_failed",
             Reason::LedgerUnavailable => "ledger_unavailable",
+            Reason::StateUnavailable => "state_unavailable",
             Reason::BudgetExceeded => "budget_exceeded",
             Reason::RateLimited => "rate_limited",
             Reason::ApprovalDenied => "approval_denied",
@@ -263,6 +268,9 @@ impl Reason {
             Reason::ResolveFailed => "The destination host name could not be resolved.",
             Reason::LedgerUnavailable => {
                 "The audit ledger is unavailable, so the proxy refuses requests until it recovers."
+            }
+            Reason::StateUnavailable => {
+                "The proxy cannot reach its shared budget and approval state, so it refuses requests that need it until it recovers."
             }
             Reason::BudgetExceeded => {
                 "This request would exceed the token budget; try again after the budget resets."

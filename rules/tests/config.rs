@@ -9,6 +9,7 @@ use portcullis_rules::{
     parse_config, Action, BudgetSpec, Host, ListenerAuth, ListenerMode, Mode, PathPattern,
     ResolveEntry, VaultConfig, EMBEDDED_DEFAULT,
 };
+use portcullis_rules::{StateBackend, DEFAULT_STATE_TIMEOUT};
 
 fn fixture(dir: &str, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -185,6 +186,19 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("duration_number", 13, "durations are strings with a unit"),
     ("duration_zero", 13, "is zero"),
     ("ledger_sync_unknown", 8, "unknown ledger sync"),
+    ("state_backend_unknown", 8, "unknown state backend \"etcd\""),
+    (
+        "state_redis_without_url",
+        8,
+        "backend = \"redis\" needs `url`",
+    ),
+    ("state_url_bad", 9, "`99999` is not a port"),
+    ("state_url_tls", 9, "(rediss://) is not supported"),
+    (
+        "state_url_without_redis",
+        8,
+        "`url` only applies to backend = \"redis\"",
+    ),
     ("limit_not_positive", 13, "use a positive number"),
     ("ca_cache_capacity_negative", 13, "use a positive number"),
     ("empty_path_setting", 13, "the path is empty"),
@@ -1141,4 +1155,62 @@ fn the_dns_responder_answers_only_names_a_route_of_the_agent_allows() {
     assert_eq!(policy.dns_route(coder, &allowed).unwrap().id, "openai");
     let other = Host::parse("exfil.example").unwrap();
     assert!(policy.dns_route(coder, &other).is_err());
+}
+
+// ---- [state] ----------------------------------------------------------------------------
+
+#[test]
+fn state_defaults_to_memory_and_reads_a_redis_backend() {
+    let config = parse_config("min.toml", "version = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.state.backend, StateBackend::Memory);
+    let text = "version = 1\n[state]\nbackend = \"memory\"\n";
+    let config = parse_config("s.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.state.backend, StateBackend::Memory);
+
+    let text = "version = 1\n[state]\nbackend = \"redis\"\nurl = \"redis://:pw@10.0.0.5:6380/2\"\ntimeout = \"250ms\"\n";
+    let config = parse_config("s.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    let StateBackend::Redis { url, timeout } = &config.state.backend else {
+        panic!("{:?}", config.state.backend)
+    };
+    assert_eq!(url.expose(), "redis://:pw@10.0.0.5:6380/2");
+    assert_eq!(url.to_string(), "redis://***@10.0.0.5:6380/2");
+    assert_eq!(*timeout, Duration::from_millis(250));
+
+    let text = "version = 1\n[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1\"\n";
+    let config = parse_config("s.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        config.state.backend,
+        StateBackend::Redis { timeout, .. } if timeout == DEFAULT_STATE_TIMEOUT
+    ));
+
+    let config = parse_config("full.toml", &fixture("valid", "full"))
+        .unwrap_or_else(|e| panic!("full.toml:\n{e}"));
+    assert!(matches!(
+        &config.state.backend,
+        StateBackend::Redis { url, timeout }
+            if url.to_string() == "redis://redis.internal:6379/0" && *timeout == Duration::from_secs(1)
+    ));
+}
+
+#[test]
+fn a_redis_url_error_never_echoes_the_password() {
+    let errors = errors_of("s.toml", &fixture("invalid", "state_url_bad"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(!errors[0].1.contains("hunter2"), "{errors:#?}");
+    assert!(
+        errors[0].1.contains("redis://***@redis.internal"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn state_with_an_unknown_key_or_a_zero_timeout_is_refused() {
+    let text = "version = 1\n[state]\nbackend = \"redis\"\nurl = \"redis://r\"\ntimeout = \"0ms\"\npassword = \"x\"\n";
+    let errors = errors_of("s.toml", text);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].1.contains("is zero"), "{errors:#?}");
+    assert!(
+        errors[1].1.contains("unknown field `password` in [state]"),
+        "{errors:#?}"
+    );
 }

@@ -1026,7 +1026,8 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
             "{code}: {message}"
         );
     }
-    assert_eq!(Reason::ALL.len(), 38);
+    assert_eq!(Reason::ALL.len(), 39);
+    assert_eq!(Reason::StateUnavailable.code(), "state_unavailable");
     assert_eq!(Reason::BudgetExceeded.code(), "budget_exceeded");
     assert_eq!(Reason::ApprovalTimeout.code(), "approval_timeout");
     assert_eq!(Reason::BodyUnparseable.code(), "body_unparseable");

@@ -34,6 +34,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub use portcullis::RunningProxy;
 pub mod extra;
 pub mod netns;
+pub mod redis;
 
 /// Default agent credentials used by [`proxy_config`].
 pub const AGENT: &str = "research-bot";
@@ -622,6 +623,21 @@ impl TestProxy {
         s.write_all(
             format!(
                 "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_response(&mut s).await
+    }
+
+    /// A POST to the admin API with a JSON body and the test admin token.
+    pub async fn admin_post(&self, path: &str, body: &str) -> RawResponse {
+        let mut s = TcpStream::connect(self.admin_addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
             )
             .as_bytes(),
         )

@@ -28,7 +28,7 @@ use crate::ctx::Ctx;
 use crate::flow::Phase;
 use crate::http::body::{full, ProxyBody};
 use crate::policy::{reload, reload_result, ReloadError, ReloadOutcome};
-use crate::state::Verdict;
+use crate::state::{DecideError, Verdict};
 
 /// What the admin API needs besides the shared context.
 pub struct AdminSettings {
@@ -85,7 +85,7 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
     }
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (Method::GET, "/readyz") => readyz(ctx),
+        (Method::GET, "/readyz") => readyz(ctx).await,
         (Method::GET, "/metrics") => {
             // The ledger and the cert cache keep totals; bring the families up to them.
             ctx.metrics.ledger_stats(ctx.ledger.stats());
@@ -125,10 +125,10 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
             ),
         },
         (Method::POST, "/v1/reload") => reload_now(ctx, s).await,
-        (Method::GET, "/v1/approvals") => json(
-            StatusCode::OK,
-            serde_json::json!({"approvals": ctx.approvals.list()}),
-        ),
+        (Method::GET, "/v1/approvals") => match ctx.approvals.list().await {
+            Ok(list) => json(StatusCode::OK, serde_json::json!({"approvals": list})),
+            Err(e) => state_unavailable(&e),
+        },
         (Method::POST, p) if p.starts_with("/v1/approvals/") => {
             let id = p.trim_start_matches("/v1/approvals/").to_owned();
             decide(ctx, s, &id, req).await
@@ -170,10 +170,15 @@ fn authorized(s: &AdminSettings, req: &Request<Incoming>) -> bool {
 }
 
 /// 200 when every check passes, else 503 with the failing ones.
-fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
+async fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
     let mut failing: Vec<String> = Vec::new();
     if let Health::Unhealthy(why) = ctx.ledger.health() {
         failing.push(format!("ledger: {why}"));
+    }
+    // Asked now (one PING under the state timeout), so readiness follows Redis.
+    let state = ctx.state.check().await;
+    if let Err(e) = &state {
+        failing.push(format!("state: {e}"));
     }
     if !ctx.is_running() {
         failing.push("draining: the proxy is shutting down".into());
@@ -185,6 +190,7 @@ fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
             "ca": true,
             "policy": {"generation": snap.generation, "valid": true},
             "ledger": matches!(ctx.ledger.health(), Health::Healthy),
+            "state": state.is_ok(),
             "vault": true,
         },
         "failing": failing,
@@ -229,7 +235,7 @@ async fn decide(
         .token_sha256
         .map(|h| format!("admin:{}", &hex::encode(h)[..12]))
         .unwrap_or_else(|| "admin".into());
-    match ctx.approvals.decide(id, verdict, &approver) {
+    match ctx.approvals.decide(id, verdict, &approver).await {
         Ok(held) => {
             tracing::info!(id, route = %held.route, ?verdict, "approval decided");
             json(
@@ -237,11 +243,27 @@ async fn decide(
                 serde_json::json!({"id": id, "decision": v["decision"], "route": held.route}),
             )
         }
+        Err(DecideError::Unavailable(why)) => {
+            tracing::error!(id, error = %why, "approval state unavailable: nothing decided");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "approval state unavailable: nothing was decided", "reason": "state_unavailable"}),
+            )
+        }
         Err(e) => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": e.to_string()}),
         ),
     }
+}
+
+/// The shared state cannot be asked: `503`, and the log says why.
+fn state_unavailable(e: &crate::state::StateError) -> Response<ProxyBody> {
+    tracing::error!(error = %e, "approval state unavailable");
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": "approval state unavailable", "reason": "state_unavailable"}),
+    )
 }
 
 /// `10s`, `10m`, `2h`: a grant's length (at most a day).

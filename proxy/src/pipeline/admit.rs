@@ -119,9 +119,8 @@ pub async fn budgets(
         // Budgeted routes fail closed when the shared state cannot answer.
         Err(e) => {
             tracing::error!(error = %e, "budget state unavailable: failing closed");
-            Err(deny_keeping_hits(rec, Reason::BudgetExceeded)
-                .status(http::StatusCode::SERVICE_UNAVAILABLE)
-                .detail("budget state is unavailable"))
+            Err(deny_keeping_hits(rec, Reason::StateUnavailable)
+                .detail("the budget and rate-limit state cannot be reached"))
         }
     }
 }

@@ -8,6 +8,8 @@
 //! goes away while held gets an outcome record and nothing is forwarded. An
 //! approval with a grant lets later requests of the same agent on the same
 //! route through without a hold (`approval_grant_used`) until it expires.
+//! When the approval store cannot be reached (shared state down), the request
+//! is not held at all: it is refused with `503 state_unavailable`.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::{ledger_unavailable, Refusal};
-use crate::state::{Ended, HeldRequest, Verdict};
+use crate::state::{Ended, HeldRequest, StateError, Verdict};
 
 pub async fn hold(
     ctx: &Ctx,
@@ -26,12 +28,15 @@ pub async fn hold(
     route: &Arc<Route>,
     size: u64,
 ) -> Result<(), Refusal> {
-    if ctx.approvals.granted(&bound.who.agent, &route.id) {
+    let granted = ctx
+        .approvals
+        .granted(&bound.who.tenant, &bound.who.agent, &route.id)
+        .await
+        .map_err(|e| unavailable(rec, route, &e))?;
+    if granted {
         rec.decision = keep_hits(rec, Action::Allow, Reason::ApprovalGrantUsed, route);
         return Ok(());
     }
-    // The hold itself is evidence, and is announced.
-    commit(ctx, rec).await?;
     let held = HeldRequest::new(
         rec.event_id.clone(),
         bound.who.tenant.clone(),
@@ -44,9 +49,17 @@ pub async fn hold(
         size,
         rec.decision.detectors.clone(),
     );
+    // Listed for approvers first, so that a hold that cannot be stored is
+    // never recorded as held. A failed commit drops the waiter, which unlists it.
+    let waiter = ctx
+        .approvals
+        .hold(held, route.approval_timeout)
+        .await
+        .map_err(|e| unavailable(rec, route, &e))?;
+    // The hold itself is evidence, and is announced.
+    commit(ctx, rec).await?;
     // Writes an outcome only if the client goes away while the request is held.
     let abandoned = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
-    let waiter = ctx.approvals.hold(held, route.approval_timeout);
     ctx.metrics.approvals_pending(ctx.approvals.pending());
     tracing::info!(id = waiter.id(), route = %route.id, "request held for approval");
     let ended = waiter.wait().await;
@@ -67,6 +80,18 @@ pub async fn hold(
     } else {
         Err(Refusal::new(rec.decision.clone()))
     }
+}
+
+/// The approval store cannot be asked: fail closed, before anything is held.
+fn unavailable(rec: &RequestRecord, route: &Arc<Route>, e: &StateError) -> Refusal {
+    tracing::error!(error = %e, "approval state unavailable: failing closed");
+    Refusal::new(keep_hits(
+        rec,
+        Action::Deny,
+        Reason::StateUnavailable,
+        route,
+    ))
+    .detail("the approval state cannot be reached")
 }
 
 fn keep_hits(rec: &RequestRecord, action: Action, reason: Reason, route: &Arc<Route>) -> Decision {

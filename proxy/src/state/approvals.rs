@@ -1,22 +1,26 @@
 //! Requests held for a human (SPEC §10): the pending list the admin API shows,
 //! the verdicts it delivers, and the grants an approval leaves behind.
 //!
-//! A held request waits on a one-shot channel. The pending entry holds only
-//! content-free facts (method, host, path template, model, size, detector
-//! ids), never the body. An entry whose request went away (client abort,
-//! timeout) is removed by the waiter's guard, so the list never shows a
+//! [`Approvals`] is the store; [`MemoryApprovals`] keeps it in this process,
+//! and the Redis backend shares it between replicas (`super::redis`). The
+//! pending entry holds only content-free facts (method, host, path template,
+//! model, size, detector ids), never the body: the body stays with the
+//! replica that holds the request. An entry whose request went away (client
+//! abort, timeout) is removed by the waiter's guard, so the list never shows a
 //! request nobody is waiting on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::{BoxFuture, StateError};
+
 /// What an approver sees of a held request.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Held {
     pub id: String,
     pub tenant: String,
@@ -29,6 +33,7 @@ pub struct Held {
     pub size: u64,
     pub detectors: Vec<String>,
     /// Seconds until the hold times out, when listed.
+    #[serde(default)]
     pub expires_in: u64,
     #[serde(skip)]
     expires: Option<Instant>,
@@ -82,6 +87,46 @@ pub enum Verdict {
 pub enum DecideError {
     #[error("no held request with that id (already decided, timed out, or gone)")]
     NotFound,
+    /// The shared store could not be asked; nothing was decided.
+    #[error("approval state unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StateError> for DecideError {
+    fn from(e: StateError) -> Self {
+        DecideError::Unavailable(e.to_string())
+    }
+}
+
+/// A store of held requests, verdicts and grants. Every call that asks a
+/// shared backend can fail; callers fail closed on [`StateError`].
+pub trait Approvals: Send + Sync {
+    /// Whether an earlier approval's grant still covers this agent and route.
+    fn granted<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        route: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>>;
+
+    /// Holds a request until `timeout`. The returned waiter yields the verdict;
+    /// dropping it removes the request from the pending list.
+    fn hold(&self, held: Held, timeout: Duration) -> BoxFuture<'_, Result<Waiter, StateError>>;
+
+    /// Delivers an approver's verdict, only if the request is still pending;
+    /// `approver` names who decided (for the record).
+    fn decide<'a>(
+        &'a self,
+        id: &'a str,
+        verdict: Verdict,
+        approver: &'a str,
+    ) -> BoxFuture<'a, Result<Held, DecideError>>;
+
+    /// The held requests (of every replica sharing the store), soonest to time out first.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Held>, StateError>>;
+
+    /// How many requests this process holds now (the `approvals_pending` gauge).
+    fn pending(&self) -> usize;
 }
 
 struct Pending {
@@ -92,24 +137,24 @@ struct Pending {
 #[derive(Default)]
 struct Inner {
     pending: HashMap<String, Pending>,
-    /// (agent, route) → grant expiry.
-    grants: HashMap<(String, String), Instant>,
+    /// (tenant, agent, route) → grant expiry.
+    grants: HashMap<(String, String, String), Instant>,
 }
 
+/// Approvals in process memory: a held request waits on a one-shot channel.
 #[derive(Clone, Default)]
-pub struct Approvals {
+pub struct MemoryApprovals {
     inner: Arc<Mutex<Inner>>,
 }
 
-impl Approvals {
+impl MemoryApprovals {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether an earlier approval's grant still covers this agent and route.
-    pub fn granted(&self, agent: &str, route: &str) -> bool {
+    fn granted_now(&self, tenant: &str, agent: &str, route: &str) -> bool {
         let mut inner = self.lock();
-        let key = (agent.to_owned(), route.to_owned());
+        let key = (tenant.to_owned(), agent.to_owned(), route.to_owned());
         match inner.grants.get(&key) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -120,27 +165,28 @@ impl Approvals {
         }
     }
 
-    /// Holds a request until `timeout`. The returned waiter yields the verdict;
-    /// dropping it removes the request from the pending list.
-    pub fn hold(&self, mut held: Held, timeout: Duration) -> Waiter {
+    fn hold_now(&self, mut held: Held, timeout: Duration) -> Waiter {
         let (tx, rx) = oneshot::channel();
         held.expires = Some(Instant::now() + timeout);
         let id = held.id.clone();
         self.lock().pending.insert(id.clone(), Pending { held, tx });
-        Waiter {
-            approvals: self.clone(),
-            id,
-            rx: Some(rx),
-            timeout,
-        }
+        Waiter::new(
+            id.clone(),
+            Box::new(MemoryWait {
+                approvals: self.clone(),
+                id,
+                rx: Some(rx),
+                timeout,
+            }),
+        )
     }
 
-    /// Delivers an approver's verdict; `approver` names who decided (for the record).
-    pub fn decide(&self, id: &str, verdict: Verdict, approver: &str) -> Result<Held, DecideError> {
+    fn decide_now(&self, id: &str, verdict: Verdict, approver: &str) -> Result<Held, DecideError> {
         let mut inner = self.lock();
         let pending = inner.pending.remove(id).ok_or(DecideError::NotFound)?;
         if let Verdict::Approve { grant: Some(d) } = verdict {
-            let key = (pending.held.agent.clone(), pending.held.route.clone());
+            let h = &pending.held;
+            let key = (h.tenant.clone(), h.agent.clone(), h.route.clone());
             inner.grants.insert(key, Instant::now() + d);
         }
         let held = pending.held.clone();
@@ -151,8 +197,7 @@ impl Approvals {
         Ok(held)
     }
 
-    /// The held requests, oldest first.
-    pub fn list(&self) -> Vec<Held> {
+    fn list_now(&self) -> Vec<Held> {
         let now = Instant::now();
         let mut out: Vec<Held> = self
             .lock()
@@ -169,8 +214,36 @@ impl Approvals {
         out.sort_by_key(|h| h.expires);
         out
     }
+}
 
-    pub fn pending(&self) -> usize {
+impl Approvals for MemoryApprovals {
+    fn granted<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        route: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move { Ok(self.granted_now(tenant, agent, route)) })
+    }
+
+    fn hold(&self, held: Held, timeout: Duration) -> BoxFuture<'_, Result<Waiter, StateError>> {
+        Box::pin(async move { Ok(self.hold_now(held, timeout)) })
+    }
+
+    fn decide<'a>(
+        &'a self,
+        id: &'a str,
+        verdict: Verdict,
+        approver: &'a str,
+    ) -> BoxFuture<'a, Result<Held, DecideError>> {
+        Box::pin(async move { self.decide_now(id, verdict, approver) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Held>, StateError>> {
+        Box::pin(async move { Ok(self.list_now()) })
+    }
+
+    fn pending(&self) -> usize {
         self.lock().pending.len()
     }
 }
@@ -183,31 +256,55 @@ pub enum Ended {
     TimedOut,
 }
 
-/// One held request's side of the hold.
+/// One held request's side of the hold. Dropping it (the client went away)
+/// takes the request off the pending list.
 pub struct Waiter {
-    approvals: Approvals,
+    id: String,
+    inner: Box<dyn Wait>,
+}
+
+/// How a backend waits for its verdict. Its `Drop` cleans up a hold that was
+/// abandoned before it ended.
+pub(super) trait Wait: Send {
+    fn wait(self: Box<Self>) -> BoxFuture<'static, Ended>;
+}
+
+impl Waiter {
+    pub(super) fn new(id: String, inner: Box<dyn Wait>) -> Waiter {
+        Waiter { id, inner }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub async fn wait(self) -> Ended {
+        self.inner.wait().await
+    }
+}
+
+struct MemoryWait {
+    approvals: MemoryApprovals,
     id: String,
     rx: Option<oneshot::Receiver<(Verdict, String)>>,
     timeout: Duration,
 }
 
-impl Waiter {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub async fn wait(mut self) -> Ended {
-        let Some(rx) = self.rx.take() else {
-            return Ended::TimedOut;
-        };
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok((v, who))) => Ended::Decided(v, who),
-            _ => Ended::TimedOut,
-        }
+impl Wait for MemoryWait {
+    fn wait(mut self: Box<Self>) -> BoxFuture<'static, Ended> {
+        Box::pin(async move {
+            let Some(rx) = self.rx.take() else {
+                return Ended::TimedOut;
+            };
+            match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok((v, who))) => Ended::Decided(v, who),
+                _ => Ended::TimedOut,
+            }
+        })
     }
 }
 
-impl Drop for Waiter {
+impl Drop for MemoryWait {
     fn drop(&mut self) {
         // Decided entries are gone already; this removes timed-out and abandoned ones.
         self.approvals.lock().pending.remove(&self.id);
@@ -235,9 +332,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_approval_reaches_the_waiter_and_leaves_a_grant() {
-        let a = Approvals::default();
-        let w = a.hold(held("1"), Duration::from_secs(30));
-        assert_eq!(a.list().len(), 1);
+        let a = MemoryApprovals::default();
+        let w = a.hold(held("1"), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(a.list().await.unwrap().len(), 1);
         a.decide(
             "1",
             Verdict::Approve {
@@ -245,40 +342,42 @@ mod tests {
             },
             "admin:abc",
         )
+        .await
         .unwrap();
         assert!(matches!(
             w.wait().await,
             Ended::Decided(Verdict::Approve { .. }, who) if who == "admin:abc"
         ));
-        assert!(a.granted("bot", "r"));
-        assert!(!a.granted("bot", "other"));
+        assert!(a.granted("acme", "bot", "r").await.unwrap());
+        assert!(!a.granted("acme", "bot", "other").await.unwrap());
+        assert!(!a.granted("globex", "bot", "r").await.unwrap());
         assert_eq!(a.pending(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_hold_times_out_and_leaves_the_list() {
-        let a = Approvals::default();
-        let w = a.hold(held("1"), Duration::from_secs(5));
+        let a = MemoryApprovals::default();
+        let w = a.hold(held("1"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(w.wait().await, Ended::TimedOut);
         assert_eq!(a.pending(), 0);
         assert_eq!(
-            a.decide("1", Verdict::Deny, "admin").err(),
+            a.decide("1", Verdict::Deny, "admin").await.err(),
             Some(DecideError::NotFound)
         );
     }
 
     #[tokio::test]
     async fn an_abandoned_hold_leaves_the_list() {
-        let a = Approvals::default();
-        let w = a.hold(held("1"), Duration::from_secs(5));
+        let a = MemoryApprovals::default();
+        let w = a.hold(held("1"), Duration::from_secs(5)).await.unwrap();
         drop(w);
-        assert!(a.list().is_empty());
+        assert!(a.list().await.unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_grant_expires() {
-        let a = Approvals::default();
-        let w = a.hold(held("1"), Duration::from_secs(5));
+        let a = MemoryApprovals::default();
+        let w = a.hold(held("1"), Duration::from_secs(5)).await.unwrap();
         a.decide(
             "1",
             Verdict::Approve {
@@ -286,10 +385,11 @@ mod tests {
             },
             "admin",
         )
+        .await
         .unwrap();
         drop(w);
-        assert!(a.granted("bot", "r"));
+        assert!(a.granted("acme", "bot", "r").await.unwrap());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(!a.granted("bot", "r"));
+        assert!(!a.granted("acme", "bot", "r").await.unwrap());
     }
 }

@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Ask, BoxFuture, Budgets, Held, Refused, Reservation, StateError};
 
-const DAY: u64 = 86_400;
-const MINUTE: u64 = 60;
+pub(super) const DAY: u64 = 86_400;
+pub(super) const MINUTE: u64 = 60;
 
 /// The wall clock, in seconds since the Unix epoch (replaceable in tests).
 pub type Clock = fn() -> u64;
 
-fn system_clock() -> u64 {
+pub(super) fn system_clock() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -7,18 +7,28 @@
 //! the reservation is settled with the tokens actually used.
 //!
 //! The counters live in memory by default ([`MemoryBudgets`]). They sit
-//! behind the [`Budgets`] trait so a shared backend (Redis) can take their
-//! place for several replicas. Keys are namespaced by tenant:
-//! `portcullis:{tenant}:{scope}:{id}`.
+//! behind the [`Budgets`] trait so a shared backend can take their place for
+//! several replicas: with `[state] backend = "redis"`, budgets, rate limits
+//! and approvals ([`Approvals`]) live in one Redis server ([`redis`]). Keys
+//! are namespaced by tenant: `portcullis:{tenant}:{scope}:{id}`.
+//!
+//! A shared backend can fail. Every call that asks it returns a
+//! [`StateError`] then, and the caller fails closed: a budgeted or approve
+//! route gets `503 state_unavailable`; a route that needs no state is not
+//! affected.
 
 mod approvals;
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use approvals::{Approvals, Ended, Held as HeldRequest, Verdict};
+use portcullis_rules::{StateBackend, StateConfig};
+
+pub use approvals::{Approvals, DecideError, Ended, Held as HeldRequest, MemoryApprovals, Verdict};
 pub use memory::MemoryBudgets;
 
 /// What a limit applies to.
@@ -84,12 +94,60 @@ pub(crate) struct Held {
 }
 
 /// Why the state backend could not answer. Budgeted routes fail closed on it.
+/// The text never holds a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
-    #[error("budget state unavailable: {0}")]
-    #[allow(dead_code)] // returned by a shared (Redis) backend; memory cannot fail
+    #[error("shared state unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The stores a process uses, built from `[state]`.
+pub struct State {
+    pub budgets: Arc<dyn Budgets>,
+    pub approvals: Arc<dyn Approvals>,
+    pub backend: Backend,
+}
+
+impl State {
+    /// In-process stores, or stores on the configured Redis server. Opening
+    /// Redis does no I/O: the first command connects, and a server that is
+    /// down at start makes the proxy not ready rather than stopping it.
+    pub fn open(cfg: &StateConfig) -> Result<State, StateError> {
+        match &cfg.backend {
+            StateBackend::Redis { url, timeout } => {
+                let conn = redis::RedisConn::open(url, *timeout)?;
+                tracing::info!(%url, ?timeout, "budgets, rate limits and approvals are shared through Redis");
+                Ok(State {
+                    budgets: Arc::new(redis::RedisBudgets::new(conn.clone())),
+                    approvals: Arc::new(redis::RedisApprovals::new(conn.clone())),
+                    backend: Backend::Redis(conn),
+                })
+            }
+            _ => Ok(State {
+                budgets: Arc::new(MemoryBudgets::default()),
+                approvals: Arc::new(MemoryApprovals::default()),
+                backend: Backend::Memory,
+            }),
+        }
+    }
+}
+
+/// Where the state lives, for readiness.
+#[derive(Clone)]
+pub enum Backend {
+    Memory,
+    Redis(redis::RedisConn),
+}
+
+impl Backend {
+    /// `Ok` when the backend answers now (memory always does).
+    pub async fn check(&self) -> Result<(), StateError> {
+        match self {
+            Backend::Memory => Ok(()),
+            Backend::Redis(conn) => conn.ping().await,
+        }
+    }
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

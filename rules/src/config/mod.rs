@@ -25,8 +25,11 @@ mod routes;
 mod schema;
 mod settings;
 mod sidecar;
+mod state;
 mod validate;
 mod values;
+
+pub use state::{RedisUrl, StateBackend, StateConfig, DEFAULT_STATE_TIMEOUT};
 
 use raw::RawConfig;
 use validate::Errors;
@@ -54,6 +57,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// The allowlisting DNS responder for transparent agents, if any.
     pub dns: Option<DnsConfig>,
+    /// Where budgets, rate limits and approvals live.
+    pub state: StateConfig,
     /// Tenants, agents and routes.
     pub policy: Arc<Policy>,
 }

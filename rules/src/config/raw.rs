@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawLimits>,
     pub(super) vault: Option<RawVault>,
     pub(super) dns: Option<S<RawDns>>,
+    pub(super) state: Option<RawState>,
     #[serde(default)]
     pub(super) tenants: Vec<S<RawTenant>>,
     #[serde(default)]
@@ -114,6 +115,14 @@ pub(super) struct RawLimits {
 pub(super) struct RawVault {
     pub(super) path: Option<S<String>>,
     pub(super) master_key_file: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) backend: Option<S<String>>,
+    pub(super) url: Option<S<String>>,
+    pub(super) timeout: Option<S<RawDuration>>,
 }
 
 #[derive(Deserialize)]

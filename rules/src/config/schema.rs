@@ -45,6 +45,7 @@ pub(super) const ROOT: Table = Table {
         ("limits", T(&LIMITS)),
         ("vault", T(&VAULT)),
         ("dns", T(&DNS)),
+        ("state", T(&STATE)),
         ("tenants", Ts(&TENANT)),
         ("agents", Ts(&AGENT)),
         ("routes", Ts(&ROUTE)),
@@ -129,6 +130,11 @@ const LIMITS: Table = Table {
 const VAULT: Table = Table {
     name: "[vault]",
     keys: &[("path", V), ("master_key_file", V)],
+};
+
+const STATE: Table = Table {
+    name: "[state]",
+    keys: &[("backend", V), ("url", V), ("timeout", V)],
 };
 
 const TENANT: Table = Table {

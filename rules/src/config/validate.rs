@@ -114,6 +114,7 @@ impl Errors<'_> {
         let limits = self.limits(raw.limits);
         let vault = self.vault(raw.vault);
         let dns = self.dns(raw.dns, &agent_ids, &admin);
+        let state = self.state(raw.state);
 
         let tenants: Vec<String> = tenants.into_keys_in_order();
         Config {
@@ -125,6 +126,7 @@ impl Errors<'_> {
             ledger,
             vault,
             dns,
+            state,
             policy: Arc::new(Policy::new(
                 tenants,
                 tenant_budgets,
