@@ -1,5 +1,5 @@
 //! The admin API and metrics as an operator meets them (SPEC §11): a bearer
-//! token guards everything but `/healthz`; reload is POST-only; `/metrics`
+//! token guards everything but `/healthz` and the bare answer of `/readyz`; reload is POST-only; `/metrics`
 //! parses with the real Prometheus text parser and moves with traffic.
 #![allow(clippy::unwrap_used)]
 
@@ -9,11 +9,15 @@ use std::time::Duration;
 use portcullis_tests::*;
 
 #[tokio::test]
-async fn healthz_is_public_and_everything_else_needs_the_bearer_token() {
+async fn healthz_and_bare_readiness_are_public_and_everything_else_needs_the_bearer_token() {
     let (proxy, _origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
     let h = proxy.admin("GET", "/healthz", None).await;
     assert_eq!(h.status, 200);
-    for path in ["/readyz", "/metrics", "/v1/policy", "/v1/ledger/head"] {
+    // A probe needs no secret, and learns only ready or not.
+    let bare = proxy.admin("GET", "/readyz", None).await;
+    assert_eq!(bare.status, 200);
+    assert_eq!(bare.json(), serde_json::json!({"ready": true}));
+    for path in ["/metrics", "/v1/policy", "/v1/ledger/head"] {
         let r = proxy.admin("GET", path, None).await;
         assert_eq!(r.status, 401, "{path} answered without a token");
         let r = proxy.admin("GET", path, Some("wrong-token")).await;
@@ -22,6 +26,7 @@ async fn healthz_is_public_and_everything_else_needs_the_bearer_token() {
     let ready = proxy.admin("GET", "/readyz", Some(ADMIN_TOKEN)).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["ready"], true);
+    assert_eq!(ready.json()["checks"]["ledger"], true, "the token shows the checks");
     let policy = proxy.admin("GET", "/v1/policy", Some(ADMIN_TOKEN)).await;
     assert_eq!(policy.json()["generation"], 1);
     assert_eq!(policy.json()["hash"].as_str().unwrap().len(), 64);

@@ -2,9 +2,13 @@
 //! head and the policy in force. Loopback by default.
 //!
 //! A bearer token, stored only as its SHA-256 and compared in constant time,
-//! guards everything except `/healthz` (and `/metrics` when
+//! guards everything except `/healthz`, `/readyz` (and `/metrics` when
 //! `metrics_public`). Without a configured token only the public endpoints
 //! answer. State changes are POST-only.
+//!
+//! `/readyz` is public because orchestrator probes (Kubernetes, load
+//! balancers) cannot present a secret; without the token it says only
+//! whether the proxy is ready, and the reasons need the token.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -76,7 +80,8 @@ pub async fn serve(ctx: Arc<Ctx>, settings: Arc<AdminSettings>, listener: TcpLis
 async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let public = path == "/healthz" || (path == "/metrics" && s.metrics_public);
+    let public =
+        path == "/healthz" || path == "/readyz" || (path == "/metrics" && s.metrics_public);
     if !public && !authorized(s, &req) {
         return json(
             StatusCode::UNAUTHORIZED,
@@ -85,7 +90,7 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
     }
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (Method::GET, "/readyz") => readyz(ctx).await,
+        (Method::GET, "/readyz") => readyz(ctx, authorized(s, &req)).await,
         (Method::GET, "/metrics") => {
             // The ledger and the cert cache keep totals; bring the families up to them.
             ctx.metrics.ledger_stats(ctx.ledger.stats());
@@ -170,7 +175,7 @@ fn authorized(s: &AdminSettings, req: &Request<Incoming>) -> bool {
 }
 
 /// 200 when every check passes, else 503 with the failing ones.
-async fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
+async fn readyz(ctx: &Ctx, detailed: bool) -> Response<ProxyBody> {
     let mut failing: Vec<String> = Vec::new();
     if let Health::Unhealthy(why) = ctx.ledger.health() {
         failing.push(format!("ledger: {why}"));
@@ -200,6 +205,9 @@ async fn readyz(ctx: &Ctx) -> Response<ProxyBody> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if !detailed {
+        return json(status, serde_json::json!({"ready": failing.is_empty()}));
+    }
     json(status, body)
 }
 
