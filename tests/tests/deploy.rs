@@ -4,8 +4,10 @@
 //!   a ConfigMap, raw or rendered by the Helm chart) passes `portcullis check`;
 //! - the manifests agree with themselves: the sidecar runs as the UID the iptables rules
 //!   exempt, listens where they redirect, probes `/readyz` on the admin port its config
-//!   binds with the token whose hash the config holds; only the iptables init container
-//!   has capabilities; Services, the PDB, the HPA and the ServiceMonitor select what exists;
+//!   binds; no probe (nor anything else in a pod spec) carries a credential, since
+//!   `/readyz` is public; the ServiceMonitor's Secret holds the token whose hash the
+//!   config has; only the iptables init container has capabilities; Services, the PDB,
+//!   the HPA and the ServiceMonitor select what exists;
 //! - the manifests pass the Kubernetes API schemas (strict: unknown fields are errors);
 //! - the Helm chart renders in both modes with Helm's own engine (the Helm Go SDK, from the
 //!   `helm-python-sdk` wheel the test venv installs) and passes `helm lint`;
@@ -154,6 +156,77 @@ fn embedded_configs(docs: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The plaintext of every key of the set's Secrets (`stringData`, and `data` decoded), by
+/// (Secret name, key).
+fn secret_values(docs: &[Value]) -> HashMap<(String, String), String> {
+    use base64::Engine;
+    let mut out = HashMap::new();
+    for d in docs
+        .iter()
+        .filter(|d| str_of(d, &["kind"]) == Some("Secret"))
+    {
+        let name = str_of(d, &["metadata", "name"]).unwrap_or("?").to_owned();
+        let entries = |k: &str| -> Vec<(String, String)> {
+            d.get(k)
+                .and_then(Value::as_mapping)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (key, value) in entries("stringData") {
+            out.insert((name.clone(), key), value);
+        }
+        for (key, value) in entries("data") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.as_bytes())
+                .unwrap_or_else(|e| panic!("Secret {name} key {key}: {e}"));
+            out.insert((name.clone(), key), String::from_utf8(bytes).unwrap());
+        }
+    }
+    out
+}
+
+const PROBES: [&str; 3] = ["startupProbe", "readinessProbe", "livenessProbe"];
+
+/// What in a pod spec would put a credential in it: any header on a probe (`/healthz` and
+/// `/readyz` are public, so a probe needs none, and a header is where a token goes), a
+/// query string on a probe's path, a `Bearer` anywhere, or one of `tokens` (the set's
+/// admin tokens in plaintext) anywhere. A pod spec is readable by anyone who can read the
+/// Deployment, and in the sidecar the agent shares the admin API's network namespace.
+fn credential_problems(pod: &Value, tokens: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for c in all_containers(pod) {
+        let name = str_of(&c, &["name"]).unwrap_or("?");
+        for kind in PROBES {
+            let Some(probe) = c.get(kind) else { continue };
+            for h in seq(at(probe, &["httpGet", "httpHeaders"])) {
+                let header = str_of(&h, &["name"]).unwrap_or("?");
+                problems.push(format!(
+                    "{name}: {kind} sends the header {header}: probes must carry no credential (/readyz is public)"
+                ));
+            }
+            if str_of(probe, &["httpGet", "path"]).is_some_and(|path| path.contains('?')) {
+                problems.push(format!(
+                    "{name}: {kind} has a query string: probes must carry no credential"
+                ));
+            }
+        }
+    }
+    let text = serde_yaml::to_string(pod).unwrap();
+    if text.to_ascii_lowercase().contains("bearer ") {
+        problems.push("the pod spec holds a bearer token".into());
+    }
+    for token in tokens {
+        if text.contains(token.as_str()) {
+            problems.push("the pod spec holds the admin token in plaintext".into());
+        }
+    }
+    problems
+}
+
 fn all_containers(pod: &Value) -> Vec<Value> {
     let mut out = seq(pod.get("initContainers"));
     out.extend(seq(pod.get("containers")));
@@ -198,6 +271,22 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
     let deployments: Vec<&Value> = docs
         .iter()
         .filter(|d| str_of(d, &["kind"]) == Some("Deployment"))
+        .collect();
+    let admin_hashes: Vec<String> = configs
+        .values()
+        .filter_map(|c| {
+            c.get("admin")?
+                .get("token_sha256")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let secrets = secret_values(docs);
+    // The set's admin tokens in plaintext: whatever Secret value hashes to an admin hash.
+    let admin_tokens: Vec<String> = secrets
+        .values()
+        .filter(|v| admin_hashes.contains(&sha256_hex(v)))
+        .cloned()
         .collect();
     if deployments.is_empty() {
         p("no Deployment".into());
@@ -298,9 +387,6 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
             .and_then(|a| a.get("bind"))
             .and_then(|b| b.as_str())
             .unwrap_or("127.0.0.1:9901");
-        let admin_hash = admin
-            .and_then(|a| a.get("token_sha256"))
-            .and_then(|b| b.as_str());
         if admin_bind.starts_with("127.") {
             p(format!(
                 "[admin] bind {admin_bind} is loopback: the kubelet's probes cannot reach it"
@@ -314,32 +400,28 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
         };
         let admin_port = i64::from(port_of(admin_bind));
 
-        // Readiness is /readyz on the admin port, with the token whose hash the config holds.
-        let ready = proxy.get("readinessProbe");
-        if ready.and_then(|r| str_of(r, &["httpGet", "path"])) != Some("/readyz") {
-            p("the proxy's readinessProbe does not GET /readyz".into());
+        // Readiness (and startup, where there is one) is /readyz on the admin port.
+        for kind in ["readinessProbe", "startupProbe"] {
+            let Some(probe) = proxy.get(kind) else {
+                if kind == "readinessProbe" {
+                    p("the proxy has no readinessProbe".into());
+                }
+                continue;
+            };
+            if str_of(probe, &["httpGet", "path"]) != Some("/readyz") {
+                p(format!("the proxy's {kind} does not GET /readyz"));
+            }
+            let probe_port = at(probe, &["httpGet", "port"])
+                .and_then(|v| v.as_str().map_or_else(|| int_of(Some(v)), &named_port));
+            if probe_port != Some(admin_port) {
+                p(format!(
+                    "{kind} port is {probe_port:?}, the config's admin port is {admin_port}"
+                ));
+            }
         }
-        let probe_port = ready
-            .and_then(|r| at(r, &["httpGet", "port"]))
-            .and_then(|v| v.as_str().map_or_else(|| int_of(Some(v)), &named_port));
-        if probe_port != Some(admin_port) {
-            p(format!(
-                "readinessProbe port is {probe_port:?}, the config's admin port is {admin_port}"
-            ));
-        }
-        let bearer = ready
-            .map(|r| seq(at(r, &["httpGet", "httpHeaders"])))
-            .unwrap_or_default()
-            .iter()
-            .find(|h| str_of(h, &["name"]) == Some("Authorization"))
-            .and_then(|h| str_of(h, &["value"]))
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
-        match (bearer, admin_hash) {
-            (Some(token), Some(hash)) if sha256_hex(&token) == hash => {}
-            (token, hash) => p(format!(
-                "the readinessProbe's bearer token {token:?} does not hash to [admin] token_sha256 {hash:?}: /readyz would answer 401"
-            )),
+        // /readyz is public: no probe, and nothing else in the pod, holds the admin token.
+        for problem in credential_problems(pod, &admin_tokens) {
+            p(problem);
         }
         if proxy
             .get("livenessProbe")
@@ -547,6 +629,23 @@ fn workload_problems(set: &str, docs: &[Value]) -> Vec<String> {
                     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
                 });
                 for ep in seq(at(doc, &["spec", "endpoints"])) {
+                    // /metrics needs the admin token (unless metrics_public): the Secret it
+                    // comes from must be of this set and hold the token the config hashes.
+                    if let Some(cred) = at(&ep, &["authorization", "credentials"]) {
+                        let secret = str_of(cred, &["name"]).unwrap_or("?").to_owned();
+                        let key = str_of(cred, &["key"]).unwrap_or("?").to_owned();
+                        match secrets.get(&(secret.clone(), key.clone())) {
+                            None => p(format!(
+                                "ServiceMonitor {name} reads Secret {secret} key {key}, which this set lacks"
+                            )),
+                            Some(token) if !admin_hashes.contains(&sha256_hex(token)) => {
+                                p(format!(
+                                    "ServiceMonitor {name}: Secret {secret} key {key} does not hash to [admin] token_sha256 {admin_hashes:?}: /metrics would answer 401"
+                                ));
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     let port = str_of(&ep, &["port"]);
                     let has_port = svc.is_some_and(|s| {
                         seq(at(s, &["spec", "ports"]))
@@ -641,20 +740,104 @@ fn every_config_under_deploy_passes_portcullis_check() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `docs` with `change` applied to the proxy container of every Deployment.
+fn with_proxy(docs: &[Value], change: impl Fn(&mut Value)) -> Vec<Value> {
+    let mut docs = docs.to_vec();
+    for d in &mut docs {
+        if str_of(d, &["kind"]) != Some("Deployment") {
+            continue;
+        }
+        let pod = &mut d["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            if let Some(cs) = pod.get_mut(list).and_then(Value::as_sequence_mut) {
+                for c in cs {
+                    if str_of(c, &["name"]) == Some("portcullis") {
+                        change(c);
+                    }
+                }
+            }
+        }
+    }
+    docs
+}
+
+/// The credential guard is live for this set: putting a token back into a probe (or the
+/// admin token anywhere into the pod spec) is reported, not passed.
+fn assert_credentials_guarded(set: &str, docs: &[Value]) {
+    let caught = |what: &str, changed: Vec<Value>, want: &[&str]| {
+        let problems = workload_problems(set, &changed).join("\n");
+        for w in want {
+            assert!(
+                problems.contains(w),
+                "{set}: {what} was not reported as {w:?}; problems:\n{problems}"
+            );
+        }
+    };
+    let header: Value =
+        serde_yaml::from_str("[{name: Authorization, value: Bearer sneaked-back-in}]").unwrap();
+    for kind in ["readinessProbe", "livenessProbe"] {
+        caught(
+            &format!("an Authorization header on the {kind}"),
+            with_proxy(docs, |c| c[kind]["httpGet"]["httpHeaders"] = header.clone()),
+            &[
+                &format!("{kind} sends the header Authorization"),
+                "holds a bearer token",
+            ],
+        );
+    }
+    caught(
+        "a token in the readinessProbe's query string",
+        with_proxy(docs, |c| {
+            c["readinessProbe"]["httpGet"]["path"] = "/readyz?token=sneaked-back-in".into();
+        }),
+        &["readinessProbe has a query string"],
+    );
+    // Where the set holds the admin token (a Secret), it may not appear in the pod spec at
+    // all, under any header name or none.
+    let configs: Vec<String> = embedded_configs(docs)
+        .into_iter()
+        .filter_map(|(_, text)| {
+            let t = toml::from_str::<toml::Table>(&text).ok()?;
+            Some(t.get("admin")?.get("token_sha256")?.as_str()?.to_owned())
+        })
+        .collect();
+    if let Some(token) = secret_values(docs)
+        .into_values()
+        .find(|v| configs.contains(&sha256_hex(v)))
+    {
+        let header: Value =
+            serde_yaml::from_str(&format!("[{{name: X-Admin-Token, value: \"{token}\"}}]"))
+                .unwrap();
+        caught(
+            "the admin token in a custom header on the readinessProbe",
+            with_proxy(docs, |c| {
+                c["readinessProbe"]["httpGet"]["httpHeaders"] = header.clone()
+            }),
+            &[
+                "readinessProbe sends the header X-Admin-Token",
+                "holds the admin token in plaintext",
+            ],
+        );
+    }
+}
+
 #[test]
 fn sidecar_manifests_agree_on_uid_ports_probes_and_privileges() {
-    assert_no_problems(workload_problems(
-        "deploy/kubernetes/sidecar",
-        &kustomization_docs("deploy/kubernetes/sidecar"),
-    ));
+    let set = "deploy/kubernetes/sidecar";
+    let docs = kustomization_docs(set);
+    assert_no_problems(workload_problems(set, &docs));
+    assert_credentials_guarded(set, &docs);
 }
 
 #[test]
 fn central_manifests_agree_on_ports_probes_selectors_and_replica_ids() {
-    assert_no_problems(workload_problems(
-        "deploy/kubernetes/central",
-        &kustomization_docs("deploy/kubernetes/central"),
-    ));
+    let set = "deploy/kubernetes/central";
+    // With the Secrets' example (not applied by the kustomization): the ServiceMonitor's
+    // token comes from it, and it must hash to the config's [admin] token_sha256.
+    let mut docs = kustomization_docs(set);
+    docs.extend(raw_docs(&format!("{set}/secrets.example.yaml")));
+    assert_no_problems(workload_problems(set, &docs));
+    assert_credentials_guarded(set, &docs);
 }
 
 #[test]
@@ -861,6 +1044,7 @@ fn helm_chart_renders_both_modes_consistently_and_passes_lint_and_schemas() {
             assert!(kinds.contains(kind), "{mode}: no {kind} in {kinds:?}");
         }
         problems.extend(workload_problems(&format!("helm {mode}"), &docs));
+        assert_credentials_guarded(&format!("helm {mode}"), &docs);
         for (name, toml) in embedded_configs(&docs) {
             if let Err(e) = check_config(&name, &toml) {
                 check_failures.push(format!("helm {mode} ConfigMap {name}:\n{e}"));

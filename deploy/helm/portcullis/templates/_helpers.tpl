@@ -51,7 +51,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The admin bearer token: from values, else the one already in the release's Secret, else a
 new random one. Computed once per render (kept in .Values.admin), since the config (its
-hash), the Secret and the probes must agree.
+hash) and the Secret must agree. It never goes into the pod spec.
 */}}
 {{- define "portcullis.adminToken" -}}
 {{- if not (hasKey .Values.admin "_token") -}}
@@ -80,14 +80,11 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* /readyz needs the admin token; probes cannot read a Secret. */}}
+{{/* /readyz is public (ready or not; its checks need the token): no credential here. */}}
 {{- define "portcullis.readyzGet" -}}
 httpGet:
   path: /readyz
   port: admin
-  httpHeaders:
-    - name: Authorization
-      value: {{ printf "Bearer %s" (include "portcullis.adminToken" .) | quote }}
 {{- end -}}
 
 {{/* portcullis.toml: the infrastructure from values, then the policy as written. */}}
