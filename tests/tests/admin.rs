@@ -26,7 +26,11 @@ async fn healthz_and_bare_readiness_are_public_and_everything_else_needs_the_bea
     let ready = proxy.admin("GET", "/readyz", Some(ADMIN_TOKEN)).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["ready"], true);
-    assert_eq!(ready.json()["checks"]["ledger"], true, "the token shows the checks");
+    assert_eq!(
+        ready.json()["checks"]["ledger"],
+        true,
+        "the token shows the checks"
+    );
     let policy = proxy.admin("GET", "/v1/policy", Some(ADMIN_TOKEN)).await;
     assert_eq!(policy.json()["generation"], 1);
     assert_eq!(policy.json()["hash"].as_str().unwrap().len(), 64);
