@@ -341,6 +341,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         upstream,
         limits: Limits {
             client_header_timeout: cfg.limits.client_header_timeout,
+            body_progress_timeout: cfg.limits.body_progress_timeout,
             max_inspect_body: cfg.limits.max_inspect_body,
             max_header_bytes: cfg.limits.max_header_bytes,
             handshake_timeout: cfg.limits.client_header_timeout,

@@ -23,6 +23,8 @@ use crate::webhook::Webhooks;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub client_header_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_progress_timeout: Duration,
     /// Request bodies are read up to this size for classification and detectors.
     pub max_inspect_body: u64,
     pub max_header_bytes: usize,

@@ -209,6 +209,65 @@ where
     }
 }
 
+/// A request body that must keep moving (slow POST guard): when no frame
+/// arrives for `idle`, it ends with [`BodyStalled`]. The timer is reset once
+/// per frame, never per byte.
+pub struct Progress<B> {
+    inner: B,
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// A request body sent nothing for longer than the progress timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
+
+impl<B> Progress<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Progress {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> Body for Progress<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match std::future::Future::poll(this.timer.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.idle).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The first `max` bytes of a request body (SPEC §3 step 5.3): the part the
 /// policy inspects. `rest` is the unread remainder when the body was longer.
 pub struct Inspected<B> {

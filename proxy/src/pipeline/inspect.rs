@@ -13,7 +13,7 @@ use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::flow::Scheme;
-use crate::http::body::{full, read_bounded, Prefixed, ProxyBody};
+use crate::http::body::{full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody};
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -44,15 +44,23 @@ pub async fn inspect(
 ) -> Result<Inspected, Refusal> {
     let client_upgrade = bound.websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // A body that stops moving is cut off, here and while it streams on.
+    let body = Progress::new(body, ctx.limits.body_progress_timeout);
     // The policy sees exactly the bytes that will be forwarded. Trailers of a
     // fully read body are dropped here: they were never inspected.
     let read = read_bounded(body, ctx.limits.max_inspect_body)
         .await
         .map_err(|e| {
             tracing::info!(error = %e, "client request body failed");
-            Refusal::deny(Reason::BadRequest)
-                .detail("the request body could not be read")
-                .close()
+            match e.downcast_ref::<BodyStalled>() {
+                Some(stalled) => Refusal::deny(Reason::BadRequest)
+                    .status(http::StatusCode::REQUEST_TIMEOUT)
+                    .detail(stalled.to_string())
+                    .close(),
+                None => Refusal::deny(Reason::BadRequest)
+                    .detail("the request body could not be read")
+                    .close(),
+            }
         })?;
     let header_list: Vec<(&str, &[u8])> = parts
         .headers

@@ -25,6 +25,12 @@ use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
 
+/// Concurrent h2 streams one intercepted connection may open.
+pub const H2_MAX_STREAMS: u32 = 64;
+/// Streams a client may reset before they are accepted, or make us reset,
+/// before the connection is closed (CVE-2023-44487 style floods).
+const H2_MAX_PENDING_RESETS: usize = 32;
+
 /// Terminates the client's TLS and serves the requests inside. `io` is the
 /// CONNECT tunnel, or a redirected connection with its ClientHello replayed.
 pub async fn intercept<IO>(ctx: Arc<Ctx>, tun: Tunnel, io: IO, slot: Arc<ConnSlot>)
@@ -102,6 +108,12 @@ where
         });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // Each stream can hold an inspection buffer: keep what one agent
+            // can open at once modest, and stop rapid-reset floods early.
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_header_list_size(u32::try_from(ctx.limits.max_header_bytes).unwrap_or(u32::MAX))
             // PINGs keep a quiet connection (a held approval, a slow model) alive.
             .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
             .keep_alive_timeout(std::time::Duration::from_secs(20))

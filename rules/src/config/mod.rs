@@ -354,6 +354,10 @@ fn parse_ip_port(s: &str) -> Option<SocketAddr> {
 pub struct Limits {
     /// Time a client has to send a complete request head (slowloris guard). Default 10 s.
     pub client_header_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off (slow POST
+    /// guard): before the decision it gets `408`, while streaming the
+    /// upstream request is aborted. Default 30 s.
+    pub body_progress_timeout: Duration,
     /// Largest request head accepted. Default 64 KiB.
     pub max_header_bytes: usize,
     /// Largest body read for inspection. Default 8 MiB.
@@ -368,6 +372,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             client_header_timeout: Duration::from_secs(10),
+            body_progress_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_inspect_body: 8 * 1024 * 1024,
             max_connections: 10_000,

@@ -104,6 +104,7 @@ pub(super) struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
     pub(super) client_header_timeout: Option<S<RawDuration>>,
+    pub(super) body_progress_timeout: Option<S<RawDuration>>,
     pub(super) max_header_bytes: Option<S<i64>>,
     pub(super) max_inspect_body: Option<S<i64>>,
     pub(super) max_connections: Option<S<i64>>,

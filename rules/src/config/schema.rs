@@ -120,6 +120,7 @@ const LIMITS: Table = Table {
     name: "[limits]",
     keys: &[
         ("client_header_timeout", V),
+        ("body_progress_timeout", V),
         ("max_header_bytes", V),
         ("max_inspect_body", V),
         ("max_connections", V),

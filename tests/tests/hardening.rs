@@ -1,0 +1,114 @@
+//! Resource limits under abuse: an agent that holds the proxy's resources
+//! without using them (a body that stops, a flood of h2 streams) is cut off,
+//! and the cut is evidence in the ledger.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use portcullis_tests::extra::{ledger_dump, read_after, wait_for_record, AfterResponse};
+use portcullis_tests::*;
+use tokio::io::AsyncWriteExt;
+
+const ROUTES: &str = r#"
+[[routes]]
+id = "inspected"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.openai.com"]
+detectors = { injection = "block" }
+
+[[routes]]
+id = "streamed"
+action = "allow"
+tenants = ["acme"]
+hosts = ["api.anthropic.com"]
+"#;
+
+async fn proxy_with(limits: &str) -> (TestProxy, Origin, OriginPki) {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), ROUTES)
+        .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    (TestProxy::start(&cfg, dir).await, origin, pki)
+}
+
+#[tokio::test]
+async fn a_body_that_stops_before_the_decision_gets_408_and_a_ledger_record() {
+    let (proxy, origin, _pki) = proxy_with("body_progress_timeout = \"1s\"").await;
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
+    tls.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    // Then nothing: the proxy must not wait for the rest for ever.
+    let started = tokio::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), read_response(&mut tls))
+        .await
+        .expect("the proxy answered the stalled body");
+    assert_eq!(resp.status, 408, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(origin.seen().is_empty(), "nothing was forwarded");
+    let rec = wait_for_record(&proxy.ledger_dir, Duration::from_secs(5), |r| {
+        r["kind"] == "decision" && r["dest_host"] == "api.openai.com" && r["decision"] == "deny"
+    })
+    .await;
+    assert!(rec.is_some(), "{}", ledger_dump(&proxy.ledger_dir));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stops_after_the_decision_is_cut_off_and_its_outcome_recorded() {
+    // Bodies past 64 bytes stream on uninspected; this one stalls after 200.
+    let (proxy, _origin, _pki) =
+        proxy_with("body_progress_timeout = \"1s\"\nmax_inspect_body = 64").await;
+    let mut tls = proxy
+        .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"http/1.1"])
+        .await;
+    let head = "POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b' '; 200]).await.unwrap();
+    tls.flush().await.unwrap();
+    // The connection ends (an error response or a close) instead of hanging,
+    // well before the upstream's own response-header timeout (10 s) could.
+    match read_after(&mut tls, Duration::from_secs(4)).await {
+        AfterResponse::StillOpen => panic!("the stalled upload is still holding the connection"),
+        AfterResponse::Closed | AfterResponse::Data(_) => {}
+    }
+    let outcome = wait_for_record(&proxy.ledger_dir, Duration::from_secs(5), |r| {
+        r["kind"] == "outcome" && r["dest_host"] == "api.anthropic.com"
+    })
+    .await;
+    assert!(
+        outcome.is_some_and(|o| o["end"] != "complete"),
+        "{}",
+        ledger_dump(&proxy.ledger_dir)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_intercepted_h2_connection_advertises_a_modest_stream_limit() {
+    let (proxy, _origin, _pki) = proxy_with("").await;
+    let tls = proxy
+        .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"h2"])
+        .await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // One request round trip guarantees the server's SETTINGS were applied.
+    let req = http::Request::builder()
+        .method("GET")
+        .uri("https://api.anthropic.com/v1/models")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // hyper's default would be 200 streams, each able to hold an inspection buffer.
+    assert_eq!(client.current_max_send_streams(), 64);
+    drop(client);
+    proxy.shutdown().await;
+}
