@@ -331,6 +331,9 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         keys,
         webhooks,
         vault: vault_scanner,
+        detect_pool: Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        ),
         budgets: state.budgets,
         approvals: state.approvals,
         state: state.backend,

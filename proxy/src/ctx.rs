@@ -46,6 +46,8 @@ pub struct Ctx {
     pub keys: Arc<Keys>,
     /// Exact-value scanner for every vault key (blocks leaks, redacts echoes).
     pub vault: portcullis_rules::VaultScanner,
+    /// Turns on the blocking pool for large detector passes (one per core).
+    pub detect_pool: tokio::sync::Semaphore,
     /// Token budgets and rate limits.
     pub budgets: Arc<dyn Budgets>,
     /// Requests held for an approver.

@@ -62,34 +62,46 @@ pub async fn inspect(
                     .close(),
             }
         })?;
-    let header_list: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    let method = parts.method.as_str();
     let deciding = tokio::time::Instant::now();
-    let evaluation = snap.policy.agent(&bound.who.agent).map(|agent| {
-        snap.policy.evaluate(
-            agent,
-            &RequestFacts {
-                host: &bound.target.host,
-                port: bound.target.port,
-                method,
-                path: &bound.path,
-                plaintext: bound.target.scheme == Scheme::Http,
-                websocket: bound.websocket,
-            },
-            &Inspection {
-                query: parts.uri.query(),
-                headers: &header_list,
-                body: Some(&read.prefix),
-                body_truncated: read.truncated,
-            },
+    let evaluation = if read.prefix.len() > OFFLOAD_BYTES {
+        // A large body's detector pass takes milliseconds: run it on the
+        // blocking pool, a few at a time, so the async workers keep serving
+        // every other connection meanwhile.
+        let Ok(_turn) = ctx.detect_pool.acquire().await else {
+            return Err(Refusal::new(Decision::deny(Reason::BadRequest)));
+        };
+        // The head goes to the pool and comes back: the request is forwarded with it.
+        let job = Owned {
+            policy: snap.policy.clone(),
+            bound_agent: bound.who.agent.clone(),
+            host: bound.target.host.clone(),
+            port: bound.target.port,
+            scheme: bound.target.scheme,
+            websocket: bound.websocket,
+            path: bound.path.clone(),
+            parts,
+            body: read.prefix.clone(),
+            truncated: read.truncated,
+            vault: ctx.vault.clone(),
+        };
+        let (evaluation, back) = tokio::task::spawn_blocking(move || (job.evaluate(), job.parts))
+            .await
+            .map_err(|_| {
+                Refusal::new(Decision::deny(Reason::BadRequest)).detail("the detectors failed")
+            })?;
+        parts = back;
+        evaluation
+    } else {
+        View::of(
+            snap,
+            bound,
+            &parts,
+            &read.prefix,
+            read.truncated,
             &ctx.vault,
         )
-    });
-    drop(header_list);
+        .evaluate()
+    };
     ctx.metrics
         .phase(crate::metrics::Phase::Decide, deciding.elapsed());
     let Some(evaluation) = evaluation else {
@@ -124,4 +136,118 @@ pub async fn inspect(
         api_style,
         whole_body,
     })
+}
+
+/// Bodies larger than this are evaluated on the blocking pool.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// Everything `evaluate` reads, borrowed.
+struct View<'a> {
+    policy: &'a portcullis_rules::Policy,
+    agent: &'a str,
+    host: &'a portcullis_rules::Host,
+    port: u16,
+    method: &'a str,
+    path: &'a str,
+    plaintext: bool,
+    websocket: bool,
+    query: Option<&'a str>,
+    headers: Vec<(&'a str, &'a [u8])>,
+    body: &'a Bytes,
+    truncated: bool,
+    vault: &'a portcullis_rules::VaultScanner,
+}
+
+impl<'a> View<'a> {
+    fn of(
+        snap: &'a PolicySnapshot,
+        bound: &'a Bound,
+        parts: &'a Parts,
+        body: &'a Bytes,
+        truncated: bool,
+        vault: &'a portcullis_rules::VaultScanner,
+    ) -> View<'a> {
+        View {
+            policy: &snap.policy,
+            agent: &bound.who.agent,
+            host: &bound.target.host,
+            port: bound.target.port,
+            method: parts.method.as_str(),
+            path: &bound.path,
+            plaintext: bound.target.scheme == Scheme::Http,
+            websocket: bound.websocket,
+            query: parts.uri.query(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                .collect(),
+            body,
+            truncated,
+            vault,
+        }
+    }
+
+    fn evaluate(&self) -> Option<portcullis_rules::Evaluation> {
+        let agent = self.policy.agent(self.agent)?;
+        Some(self.policy.evaluate(
+            agent,
+            &RequestFacts {
+                host: self.host,
+                port: self.port,
+                method: self.method,
+                path: self.path,
+                plaintext: self.plaintext,
+                websocket: self.websocket,
+            },
+            &Inspection {
+                query: self.query,
+                headers: &self.headers,
+                body: Some(self.body),
+                body_truncated: self.truncated,
+            },
+            self.vault,
+        ))
+    }
+}
+
+/// What a [`View`] borrows, owned, so the evaluation can run on another thread.
+struct Owned {
+    policy: std::sync::Arc<portcullis_rules::Policy>,
+    bound_agent: String,
+    host: portcullis_rules::Host,
+    port: u16,
+    scheme: Scheme,
+    websocket: bool,
+    path: String,
+    parts: Parts,
+    body: Bytes,
+    truncated: bool,
+    vault: portcullis_rules::VaultScanner,
+}
+
+impl Owned {
+    fn evaluate(&self) -> Option<portcullis_rules::Evaluation> {
+        View {
+            policy: &self.policy,
+            agent: &self.bound_agent,
+            host: &self.host,
+            port: self.port,
+            method: self.parts.method.as_str(),
+            path: &self.path,
+            plaintext: self.scheme == Scheme::Http,
+            websocket: self.websocket,
+            query: self.parts.uri.query(),
+            headers: self
+                .parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                .collect(),
+            body: &self.body,
+            truncated: self.truncated,
+            vault: &self.vault,
+        }
+        .evaluate()
+    }
 }
