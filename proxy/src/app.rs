@@ -383,6 +383,8 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             token_sha256: cfg.admin.token_sha256,
             metrics_public: cfg.admin.metrics_public,
             config_path: settings.config_path.clone(),
+            ledger_dir: ledger_dir.clone(),
+            min_free_bytes: cfg.ledger.min_free_bytes,
         }),
         admin_listener,
     ));

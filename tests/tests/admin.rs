@@ -269,3 +269,49 @@ async fn json_logs_carry_one_decision_line_per_request_with_the_ledgers_field_na
     assert_eq!(d["decision"], "deny");
     assert!(!logs.contains("secret=query"), "the query reached the logs");
 }
+
+#[tokio::test]
+async fn readiness_fails_before_the_ledger_disk_is_full_and_the_free_space_is_a_metric() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No disk here has a pebibyte free: the watermark is crossed from the start.
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES).replace(
+        "[limits]\n",
+        "[ledger]\nmin_free_bytes = 1125899906842624\n\n[limits]\n",
+    );
+    let proxy = TestProxy::start(&cfg, dir).await;
+    let bare = proxy.admin("GET", "/readyz", None).await;
+    assert_eq!(bare.status, 503);
+    assert_eq!(bare.json(), serde_json::json!({"ready": false}));
+    let detail = proxy.admin("GET", "/readyz", Some(ADMIN_TOKEN)).await;
+    let failing = detail.json()["failing"].to_string();
+    assert!(failing.contains("ledger disk"), "{failing}");
+    assert!(
+        detail.json()["checks"]["ledger_disk_free_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let metrics = proxy.admin("GET", "/metrics", Some(ADMIN_TOKEN)).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let free: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_ledger_disk_free_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no disk gauge:\n{text}"));
+    assert!(free > 0.0);
+    // Requests are still served: the watermark warns, the ledger has room.
+    let mut tls = proxy
+        .tunnel_tls("api.openai.com:443", "api.openai.com", &[b"http/1.1"])
+        .await;
+    let r = {
+        use tokio::io::AsyncWriteExt;
+        tls.write_all(b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut tls).await
+    };
+    assert_eq!(r.status, 200);
+    proxy.shutdown().await;
+}

@@ -40,6 +40,16 @@ pub struct AdminSettings {
     pub metrics_public: bool,
     /// The config file `POST /v1/reload` reads; `None` on the embedded default.
     pub config_path: Option<PathBuf>,
+    /// The ledger's directory, whose disk is watched.
+    pub ledger_dir: PathBuf,
+    /// Below this much free space there, `/readyz` fails.
+    pub min_free_bytes: u64,
+}
+
+/// Bytes free for an unprivileged writer on the disk that holds `dir`.
+fn disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Serves the admin API until the proxy starts draining.
@@ -90,10 +100,13 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
     }
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (Method::GET, "/readyz") => readyz(ctx, authorized(s, &req)).await,
+        (Method::GET, "/readyz") => readyz(ctx, s, authorized(s, &req)).await,
         (Method::GET, "/metrics") => {
             // The ledger and the cert cache keep totals; bring the families up to them.
             ctx.metrics.ledger_stats(ctx.ledger.stats());
+            if let Ok(free) = disk_free(&s.ledger_dir) {
+                ctx.metrics.ledger_disk_free(free);
+            }
             let certs = ctx.certs.stats();
             ctx.metrics.cert_stats(certs.hits, certs.misses);
             text(StatusCode::OK, ctx.metrics.render())
@@ -175,10 +188,21 @@ fn authorized(s: &AdminSettings, req: &Request<Incoming>) -> bool {
 }
 
 /// 200 when every check passes, else 503 with the failing ones.
-async fn readyz(ctx: &Ctx, detailed: bool) -> Response<ProxyBody> {
+async fn readyz(ctx: &Ctx, s: &AdminSettings, detailed: bool) -> Response<ProxyBody> {
     let mut failing: Vec<String> = Vec::new();
     if let Health::Unhealthy(why) = ctx.ledger.health() {
         failing.push(format!("ledger: {why}"));
+    }
+    // Before the disk fills (and appends fail closed), take the replica out.
+    let free = disk_free(&s.ledger_dir);
+    match &free {
+        Ok(free) if *free < s.min_free_bytes => failing.push(format!(
+            "ledger disk: {} MiB free, below min_free_bytes ({} MiB)",
+            free / (1024 * 1024),
+            s.min_free_bytes / (1024 * 1024)
+        )),
+        Ok(_) => {}
+        Err(e) => failing.push(format!("ledger disk: cannot read free space: {e}")),
     }
     // Asked now (one PING under the state timeout), so readiness follows Redis.
     let state = ctx.state.check().await;
@@ -195,6 +219,7 @@ async fn readyz(ctx: &Ctx, detailed: bool) -> Response<ProxyBody> {
             "ca": true,
             "policy": {"generation": snap.generation, "valid": true},
             "ledger": matches!(ctx.ledger.health(), Health::Healthy),
+            "ledger_disk_free_bytes": free.as_ref().ok(),
             "state": state.is_ok(),
             "vault": true,
         },

@@ -61,6 +61,7 @@ mod name {
     pub const CONFIG_RELOADS: &str = "portcullis_config_reloads_total";
     pub const CONFIG_RELOAD_FAILURES: &str = "portcullis_config_reload_failures_total";
     pub const DNS_QUERIES: &str = "portcullis_dns_queries_total";
+    pub const LEDGER_DISK_FREE: &str = "portcullis_ledger_disk_free_bytes";
 }
 
 /// Label names, the only place they are spelled. They match the ledger's field names.
@@ -301,6 +302,7 @@ struct Inner {
     reload_failures: IntCounter,
     /// Indexed by `DnsResult as usize`.
     dns: [IntCounter; 3],
+    ledger_disk_free: IntGauge,
 }
 
 impl Metrics {
@@ -448,6 +450,11 @@ impl Metrics {
             ),
             reloads: ReloadResult::ALL.map(|x| reloads.with_label_values(&[x.as_str()])),
             dns: DnsResult::ALL.map(|x| dns.with_label_values(&[x.as_str()])),
+            ledger_disk_free: gauge(
+                r,
+                name::LEDGER_DISK_FREE,
+                "Bytes free on the ledger's disk, read at each scrape.",
+            ),
             reload_failures: counter(
                 r,
                 name::CONFIG_RELOAD_FAILURES,
@@ -617,6 +624,12 @@ impl Metrics {
         self.inner
             .approvals_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn ledger_disk_free(&self, bytes: u64) {
+        self.inner
+            .ledger_disk_free
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn dns_query(&self, result: DnsResult) {

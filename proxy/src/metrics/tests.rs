@@ -291,6 +291,7 @@ fn render_is_valid_text_exposition() {
         name::CONFIG_RELOADS,
         name::CONFIG_RELOAD_FAILURES,
         name::DNS_QUERIES,
+        name::LEDGER_DISK_FREE,
     ];
     assert_eq!(families, expected.into_iter().collect());
     assert!(text.contains("# TYPE portcullis_request_duration_seconds histogram"));

@@ -231,6 +231,9 @@ pub struct LedgerConfig {
     pub segment_max_bytes: u64,
     /// Replica id written into checkpoints. Default "default".
     pub replica_id: String,
+    /// Below this much free space on the ledger's disk, `/readyz` fails (a
+    /// warning before the disk is full and appends fail closed). Default 64 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for LedgerConfig {
@@ -243,6 +246,7 @@ impl Default for LedgerConfig {
             checkpoint_interval: Duration::from_secs(1),
             segment_max_bytes: 64 * 1024 * 1024,
             replica_id: "default".to_owned(),
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -84,6 +84,7 @@ pub(super) struct RawLedger {
     pub(super) checkpoint_every: Option<S<i64>>,
     pub(super) checkpoint_interval: Option<S<RawDuration>>,
     pub(super) segment_max_bytes: Option<S<i64>>,
+    pub(super) min_free_bytes: Option<S<i64>>,
     pub(super) replica_id: Option<S<String>>,
 }
 

@@ -100,6 +100,7 @@ const LEDGER: Table = Table {
         ("checkpoint_every", V),
         ("checkpoint_interval", V),
         ("segment_max_bytes", V),
+        ("min_free_bytes", V),
         ("replica_id", V),
     ],
 };

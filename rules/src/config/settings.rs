@@ -254,6 +254,9 @@ impl Errors<'_> {
                 None => {}
             }
         }
+        if let Some(value) = self.positive(raw.min_free_bytes) {
+            ledger.min_free_bytes = value;
+        }
         if let Some(id) = raw.replica_id {
             match validate_id("replica_id", id.get_ref()) {
                 Ok(()) => ledger.replica_id = id.into_inner(),
