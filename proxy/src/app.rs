@@ -331,6 +331,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         keys,
         webhooks,
         vault: vault_scanner,
+        agent_conns: Arc::default(),
         detect_pool: Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         ),
@@ -349,6 +350,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             max_header_bytes: cfg.limits.max_header_bytes,
             handshake_timeout: cfg.limits.client_header_timeout,
             relay_idle_timeout: RELAY_IDLE_TIMEOUT,
+            max_connections_per_agent: cfg.limits.max_connections_per_agent,
         },
         tls: TlsServer {
             provider: Arc::new(rustls::crypto::ring::default_provider()),

@@ -31,6 +31,7 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// A spliced tunnel or WebSocket session with no traffic for this long is closed.
     pub relay_idle_timeout: Duration,
+    pub max_connections_per_agent: usize,
 }
 
 /// The TLS server pieces shared by every intercepted tunnel.
@@ -46,6 +47,8 @@ pub struct Ctx {
     pub keys: Arc<Keys>,
     /// Exact-value scanner for every vault key (blocks leaks, redacts echoes).
     pub vault: portcullis_rules::VaultScanner,
+    /// Open tunnels per agent.
+    pub agent_conns: Arc<crate::flow::AgentConns>,
     /// Turns on the blocking pool for large detector passes (one per core).
     pub detect_pool: tokio::sync::Semaphore,
     /// Token budgets and rate limits.

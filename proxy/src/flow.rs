@@ -126,6 +126,47 @@ impl ConnSlot {
     }
 }
 
+/// Open tunnels per agent, against `[limits] max_connections_per_agent`:
+/// touched once when a tunnel opens and once when it closes.
+#[derive(Default)]
+pub struct AgentConns {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl AgentConns {
+    /// A slot for one more tunnel of `agent`, or `None` at the cap.
+    pub fn take(self: &Arc<Self>, agent: &str, cap: usize) -> Option<AgentConn> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(agent.to_owned()).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(AgentConn {
+            conns: self.clone(),
+            agent: agent.to_owned(),
+        })
+    }
+}
+
+/// One agent's open tunnel; gives its slot back when dropped.
+pub struct AgentConn {
+    conns: Arc<AgentConns>,
+    agent: String,
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        let mut open = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.agent);
+            }
+        }
+    }
+}
+
 /// Where the process is in its life. Connections watch it: on `Draining`
 /// they finish what is in flight; on `Closing` they drop it, which writes the
 /// outcome of anything still running.

@@ -205,7 +205,9 @@ pub fn status_for(reason: Reason) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         Reason::BodyEncoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        Reason::BudgetExceeded | Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Reason::BudgetExceeded | Reason::RateLimited | Reason::ConnectionLimit => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         Reason::ApprovalDenied | Reason::ApprovalTimeout => StatusCode::FORBIDDEN,
         Reason::UpstreamConnect
         | Reason::UpstreamTls
@@ -253,6 +255,7 @@ mod tests {
         (Reason::ResolveFailed, 502),
         (Reason::LedgerUnavailable, 503),
         (Reason::StateUnavailable, 503),
+        (Reason::ConnectionLimit, 429),
         (Reason::KeyUnavailable, 503),
         (Reason::ModelNotAllowed, 403),
         (Reason::OperationNotAllowed, 403),

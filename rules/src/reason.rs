@@ -103,6 +103,8 @@ pub enum Reason {
     BudgetExceeded,
     /// The request would pass a requests-per-minute limit.
     RateLimited,
+    /// The agent already holds as many open tunnels as `[limits]` allows.
+    ConnectionLimit,
     /// An approver denied the held request.
     ApprovalDenied,
     /// Nobody approved the held request in time.
@@ -161,6 +163,7 @@ impl Reason {
         Reason::StateUnavailable,
         Reason::BudgetExceeded,
         Reason::RateLimited,
+        Reason::ConnectionLimit,
         Reason::ApprovalDenied,
         Reason::ApprovalTimeout,
         Reason::ModelNotAllowed,
@@ -205,6 +208,7 @@ impl Reason {
             Reason::StateUnavailable => "state_unavailable",
             Reason::BudgetExceeded => "budget_exceeded",
             Reason::RateLimited => "rate_limited",
+            Reason::ConnectionLimit => "connection_limit",
             Reason::ApprovalDenied => "approval_denied",
             Reason::ApprovalTimeout => "approval_timeout",
             Reason::ModelNotAllowed => "model_not_allowed",
@@ -276,6 +280,9 @@ impl Reason {
                 "This request would exceed the token budget; try again after the budget resets."
             }
             Reason::RateLimited => "Too many requests; try again after the Retry-After delay.",
+            Reason::ConnectionLimit => {
+                "This agent has too many open connections through the proxy; close some and retry."
+            }
             Reason::ApprovalDenied => "An approver denied this request.",
             Reason::ApprovalTimeout => "This request needed approval and nobody approved it in time.",
             Reason::ModelNotAllowed => "This model is not allowed for this destination.",

@@ -153,3 +153,62 @@ async fn large_bodies_judged_on_the_blocking_pool_get_the_same_verdicts() {
     assert_eq!(origin.seen().len(), 1);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_agent_cannot_hold_more_tunnels_than_its_cap_and_others_are_unaffected() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{ROUTES}\n[[routes]]\nid = \"globex\"\naction = \"allow\"\ntenants = [\"globex\"]\nhosts = [\"api.anthropic.com\"]\n"
+    );
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), &routes)
+        .replace("[limits]\n", "[limits]\nmax_connections_per_agent = 2\n");
+    let proxy = TestProxy::start(&cfg, dir).await;
+    let first = proxy
+        .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+        .await
+        .unwrap();
+    let second = proxy
+        .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+        .await
+        .unwrap();
+    let third = proxy
+        .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+        .await
+        .unwrap_err();
+    assert!(third.starts_with("HTTP/1.1 429"), "{third}");
+    assert!(third.contains("connection_limit"), "{third}");
+    assert!(
+        third.to_ascii_lowercase().contains("retry-after: 1"),
+        "{third}"
+    );
+    // Another agent's tunnels do not count against this one's.
+    let other = proxy
+        .connect("api.anthropic.com:443", Some((OTHER_AGENT, OTHER_TOKEN)))
+        .await;
+    assert!(other.is_ok(), "{other:?}");
+    // Closing a tunnel gives its slot back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match proxy
+            .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(e.contains("connection_limit"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the closed tunnel's slot never came back: {e}"),
+        }
+    }
+    let refused = wait_for_record(&proxy.ledger_dir, Duration::from_secs(5), |r| {
+        r["kind"] == "decision" && r["reason"] == "connection_limit" && r["agent"] == AGENT
+    })
+    .await;
+    assert!(refused.is_some(), "{}", ledger_dump(&proxy.ledger_dir));
+    drop(second);
+    proxy.shutdown().await;
+}

@@ -97,6 +97,16 @@ async fn connect(
         // A refused CONNECT closes: the bytes after it were meant for a tunnel.
         Err(refusal) => return rescue(&ctx, &mut rec, refusal.close()).await,
     };
+    // One agent cannot take every connection slot.
+    let Some(agent_slot) = ctx
+        .agent_conns
+        .take(&tunnel.who.agent, ctx.limits.max_connections_per_agent)
+    else {
+        let refusal = Refusal::deny(Reason::ConnectionLimit)
+            .retry_after(std::time::Duration::from_secs(1))
+            .close();
+        return rescue(&ctx, &mut rec, refusal).await;
+    };
     if rec
         .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
         .await
@@ -113,6 +123,7 @@ async fn connect(
     let task_ctx = ctx.clone();
     tokio::spawn(
         async move {
+            let _agent_slot = agent_slot;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use super::rewind::Rewind;
 use super::ListenerInfo;
 use crate::ctx::Ctx;
-use crate::flow::{ConnSlot, Entry, Scheme, Target, TunnelVerdict};
+use crate::flow::{AgentConn, ConnSlot, Entry, Scheme, Target, TunnelVerdict};
 use crate::identity::identify_peer;
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::Refusal;
@@ -49,7 +49,7 @@ pub async fn serve(
         let snap = ctx.policy.load();
         let mut rec = RequestRecord::new(&snap, &info.name);
         match open(&ctx, &info, tcp, peer, &mut rec).await {
-            Ok((tun, io)) => hand_off(ctx, tun, io, rec, slot).await,
+            Ok((tun, io, _agent_slot)) => hand_off(ctx, tun, io, rec, slot).await,
             Err(refusal) => {
                 tracing::info!(
                     reason = refusal.decision().reason.code(),
@@ -80,7 +80,7 @@ async fn open(
     mut tcp: TcpStream,
     peer: SocketAddr,
     rec: &mut RequestRecord,
-) -> Result<(Tunnel, Rewind<TcpStream>), Refusal> {
+) -> Result<(Tunnel, Rewind<TcpStream>, AgentConn), Refusal> {
     let orig = original_dst(&tcp, peer).map_err(|d| Refusal::deny(Reason::BadRequest).detail(d))?;
     // Dialling the listener itself (not redirected) would loop back here.
     if tcp.local_addr().ok() == Some(orig) {
@@ -91,6 +91,10 @@ async fn open(
     let who = identify_peer(&snap.policy, &info.auth, peer.ip())
         .ok_or_else(|| Refusal::deny(Reason::AuthFailed).detail("no agent for this source"))?;
     rec.who = Some(who.clone());
+    let slot = ctx
+        .agent_conns
+        .take(&who.agent, ctx.limits.max_connections_per_agent)
+        .ok_or_else(|| Refusal::deny(Reason::ConnectionLimit))?;
     rec.target = Some(Target {
         host: Host::Ip(orig.ip()),
         port: orig.port(),
@@ -139,7 +143,7 @@ async fn open(
         target,
         verdict,
     };
-    Ok((tun, Rewind::new(named.bytes, tcp)))
+    Ok((tun, Rewind::new(named.bytes, tcp), slot))
 }
 
 /// Records the tunnel's verdict, then serves it.

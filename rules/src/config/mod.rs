@@ -368,6 +368,9 @@ pub struct Limits {
     pub max_inspect_body: u64,
     /// Concurrent client connections. Default 10 000.
     pub max_connections: usize,
+    /// Open tunnels (CONNECTs and redirected connections) one agent may hold,
+    /// so one agent cannot take every connection slot. Default 1 024.
+    pub max_connections_per_agent: usize,
     /// How long shutdown waits for in-flight requests. Default 30 s.
     pub shutdown_grace: Duration,
 }
@@ -380,6 +383,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_inspect_body: 8 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_agent: 1024,
             shutdown_grace: Duration::from_secs(30),
         }
     }

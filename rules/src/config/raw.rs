@@ -109,6 +109,7 @@ pub(super) struct RawLimits {
     pub(super) max_header_bytes: Option<S<i64>>,
     pub(super) max_inspect_body: Option<S<i64>>,
     pub(super) max_connections: Option<S<i64>>,
+    pub(super) max_connections_per_agent: Option<S<i64>>,
     pub(super) shutdown_grace: Option<S<RawDuration>>,
 }
 

@@ -125,6 +125,7 @@ const LIMITS: Table = Table {
         ("max_header_bytes", V),
         ("max_inspect_body", V),
         ("max_connections", V),
+        ("max_connections_per_agent", V),
         ("shutdown_grace", V),
     ],
 };

@@ -314,6 +314,9 @@ impl Errors<'_> {
         if let Some(value) = self.positive(raw.max_connections) {
             limits.max_connections = value;
         }
+        if let Some(value) = self.positive(raw.max_connections_per_agent) {
+            limits.max_connections_per_agent = value;
+        }
         // Zero grace is a legitimate "stop now".
         if let Some(value) = self.duration(raw.shutdown_grace, true) {
             limits.shutdown_grace = value;
