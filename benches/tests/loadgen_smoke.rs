@@ -21,19 +21,22 @@ fn loadgen(extra: &[&str]) -> String {
 }
 
 fn assert_clean(text: &str) {
-    for label in ["direct", "sync=always", "sync=batch"] {
+    // Minting has no direct run: four direct lines, five per proxy.
+    for (label, runs) in [("direct", 4), ("sync=always", 5), ("sync=batch", 5)] {
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.trim_start().starts_with(label))
             .collect();
-        assert_eq!(lines.len(), 4, "one {label} line per workload:\n{text}");
+        assert_eq!(lines.len(), runs, "one {label} line per workload:\n{text}");
         for l in lines {
             assert!(l.contains("errors 0"), "{l}\n{text}");
             assert!(!l.contains(" 0 req/s"), "{l}\n{text}");
         }
     }
     assert!(!text.contains("first error"), "{text}");
+    assert!(text.contains("minted hosts"), "{text}");
     assert!(text.contains("proxy CPU"), "{text}");
+    assert!(text.contains("minted hosts"), "{text}");
 }
 
 #[test]

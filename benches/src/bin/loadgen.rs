@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ const HOST: &str = "api.openai.com";
 const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}"#;
 const BIG: usize = 64 * 1024;
+/// Never-seen host names for the mint workload.
+static NEXT_HOST: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Workload {
@@ -47,6 +50,9 @@ enum Workload {
     Big,
     /// Time to the first SSE event.
     Sse,
+    /// A never-seen host per connection: CONNECT and a TLS handshake with a
+    /// freshly minted leaf (proxy only; nothing is sent upstream).
+    Mint,
 }
 
 impl Workload {
@@ -56,6 +62,7 @@ impl Workload {
             Workload::NewConn => "new connection per request",
             Workload::Big => "64 KiB responses",
             Workload::Sse => "SSE time to first event",
+            Workload::Mint => "never-seen host per connection (leaf minted)",
         }
     }
 }
@@ -90,13 +97,15 @@ fn args() -> Result<Args> {
                     "newconn" => vec![Workload::NewConn],
                     "big" => vec![Workload::Big],
                     "sse" => vec![Workload::Sse],
+                    "mint" => vec![Workload::Mint],
                     "all" => vec![
                         Workload::KeepAlive,
                         Workload::NewConn,
                         Workload::Big,
                         Workload::Sse,
+                        Workload::Mint,
                     ],
-                    w => bail!("unknown workload {w}: keepalive, newconn, big, sse or all"),
+                    w => bail!("unknown workload {w}: keepalive, newconn, big, sse, mint or all"),
                 }
             }
             "-h" | "--help" => {
@@ -105,7 +114,7 @@ fn args() -> Result<Args> {
                      --duration SECS   per run (default 5)\n\
                      --conns N         concurrent connections (default 16)\n\
                      --h2              HTTP/2 inside the tunnel (default HTTP/1.1)\n\
-                     --workload W      keepalive | newconn | big | sse | all (default keepalive)\n\
+                     --workload W      keepalive | newconn | big | sse | mint | all (default keepalive)\n\
                      --proxy-bin PATH  the portcullis binary (default: beside this one)"
                 );
                 std::process::exit(0);
@@ -222,6 +231,11 @@ action = "allow"
 tenants = ["acme"]
 hosts = ["{HOST}"]
 detectors = {{ injection = "block", secrets = "block" }}
+[[routes]]
+id = "mint"
+action = "allow"
+tenants = ["acme"]
+hosts = ["*.bench.test"]
 "#,
             origin_ca = pki.ca_pem_path.display(),
             token = sha256_hex(TOKEN),
@@ -272,12 +286,25 @@ detectors = {{ injection = "block", secrets = "block" }}
         // utime and stime are fields 14 and 15 (11 and 12 after the comm).
         let cpu = (ticks(11) + ticks(12)) / 100.0;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (cpu, kib("VmHWM:"))
+    }
+
+    /// Resident memory now, in KiB.
+    fn rss(&self) -> u64 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        (cpu, hwm)
+            .unwrap_or(0)
     }
 }
 
@@ -298,12 +325,12 @@ struct Via {
     tls: TlsConnector,
 }
 
-async fn open(via: &Via) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn open(via: &Via, host: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut tcp = TcpStream::connect(via.dial).await?;
     tcp.set_nodelay(true)?;
     if via.proxied {
         let head = format!(
-            "CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {}\r\n\r\n",
+            "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {}\r\n\r\n",
             basic(AGENT, TOKEN)
         );
         tcp.write_all(head.as_bytes()).await?;
@@ -320,7 +347,7 @@ async fn open(via: &Via) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
             bail!("CONNECT refused: {}", String::from_utf8_lossy(&buf));
         }
     }
-    let name = rustls_pki_types::ServerName::try_from(HOST)?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())?;
     Ok(via.tls.connect(name, tcp).await?)
 }
 
@@ -330,7 +357,7 @@ enum Sender {
 }
 
 async fn handshake(via: &Via, h2: bool) -> Result<Sender> {
-    let tls = open(via).await?;
+    let tls = open(via, HOST).await?;
     let io = TokioIo::new(tls);
     if h2 {
         let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
@@ -429,6 +456,21 @@ async fn run(via: Via, w: Workload, conns: usize, h2: bool, dur: Duration) -> Fi
             let mut sender = None;
             let mut first_error: Option<String> = None;
             while Instant::now() < deadline {
+                if w == Workload::Mint {
+                    let host = format!("h{}.bench.test", NEXT_HOST.fetch_add(1, Ordering::Relaxed));
+                    let t = Instant::now();
+                    match open(&via, &host).await {
+                        Ok(_) => {
+                            lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            n += 1;
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
+                    }
+                    continue;
+                }
                 if sender.is_none() || w == Workload::NewConn {
                     let t = Instant::now();
                     match handshake(&via, h2).await {
@@ -551,13 +593,19 @@ async fn main() -> Result<()> {
     ];
     for w in &a.workloads {
         println!("{}:", w.name());
-        let direct_via = Via {
-            dial: origin,
-            proxied: false,
-            tls: connector(&pki.ca_pem_path, a.h2),
+        // Minting has no direct counterpart: the origin has no leaf per host.
+        let direct = if *w == Workload::Mint {
+            None
+        } else {
+            let direct_via = Via {
+                dial: origin,
+                proxied: false,
+                tls: connector(&pki.ca_pem_path, a.h2),
+            };
+            let d = run(direct_via, *w, a.conns, a.h2, a.duration).await;
+            line("direct", &d, None, None);
+            Some(d)
         };
-        let direct = run(direct_via, *w, a.conns, a.h2, a.duration).await;
-        line("direct", &direct, None, None);
         for (sync, p) in &proxies {
             let via = Via {
                 dial: p.addr,
@@ -565,14 +613,25 @@ async fn main() -> Result<()> {
                 tls: connector(&p.ca, a.h2),
             };
             let before = p.usage();
+            let rss_before = p.rss();
             let f = run(via, *w, a.conns, a.h2, a.duration).await;
             let after = p.usage();
+            let rss_after = p.rss();
             line(
                 &format!("sync={sync}"),
                 &f,
-                Some(&direct),
+                direct.as_ref(),
                 Some((after.0 - before.0, after.1)),
             );
+            if *w == Workload::Mint && f.requests > 0 {
+                let grew = rss_after.saturating_sub(rss_before);
+                println!(
+                    "  {:<14} RSS grew {grew} KiB over {} minted hosts: {:.1} KiB each",
+                    "",
+                    f.requests,
+                    grew as f64 / f.requests as f64
+                );
+            }
         }
     }
     Ok(())
