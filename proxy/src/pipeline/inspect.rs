@@ -13,7 +13,7 @@ use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::flow::Scheme;
-use crate::http::body::{full, read_bounded, Prefixed, ProxyBody};
+use crate::http::body::{full, read_bounded, Prefixed, ProxyBody, ReadError};
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -46,14 +46,27 @@ pub async fn inspect(
     let (mut parts, body) = req.into_parts();
     // The policy sees exactly the bytes that will be forwarded. Trailers of a
     // fully read body are dropped here: they were never inspected.
-    let read = read_bounded(body, ctx.limits.max_inspect_body)
-        .await
-        .map_err(|e| {
+    let read = read_bounded(
+        body,
+        ctx.limits.max_inspect_body,
+        ctx.limits.client_header_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        ReadError::Stalled(_) => {
+            tracing::info!(error = %e, "client stalled while sending its request body");
+            Refusal::deny(Reason::BadRequest)
+                .status(http::StatusCode::REQUEST_TIMEOUT)
+                .detail("the request body stalled")
+                .close()
+        }
+        ReadError::Body(_) => {
             tracing::info!(error = %e, "client request body failed");
             Refusal::deny(Reason::BadRequest)
                 .detail("the request body could not be read")
                 .close()
-        })?;
+        }
+    })?;
     let header_list: Vec<(&str, &[u8])> = parts
         .headers
         .iter()

@@ -231,6 +231,9 @@ pub struct LedgerConfig {
     pub segment_max_bytes: u64,
     /// Replica id written into checkpoints. Default "default".
     pub replica_id: String,
+    /// Appends waiting for the writer. A full queue refuses the append at
+    /// once, and the request fails closed. Default 65536.
+    pub queue_capacity: usize,
 }
 
 impl Default for LedgerConfig {
@@ -243,6 +246,7 @@ impl Default for LedgerConfig {
             checkpoint_interval: Duration::from_secs(1),
             segment_max_bytes: 64 * 1024 * 1024,
             replica_id: "default".to_owned(),
+            queue_capacity: 65_536,
         }
     }
 }
@@ -352,7 +356,8 @@ fn parse_ip_port(s: &str) -> Option<SocketAddr> {
 /// `[limits]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Time a client has to send a complete request head (slowloris guard). Default 10 s.
+    /// Time a client has to send a complete request head (slowloris guard), and the
+    /// longest pause while its body is read for inspection. Default 10 s.
     pub client_header_timeout: Duration,
     /// Largest request head accepted. Default 64 KiB.
     pub max_header_bytes: usize,

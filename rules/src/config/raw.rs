@@ -85,6 +85,7 @@ pub(super) struct RawLedger {
     pub(super) checkpoint_interval: Option<S<RawDuration>>,
     pub(super) segment_max_bytes: Option<S<i64>>,
     pub(super) replica_id: Option<S<String>>,
+    pub(super) queue_capacity: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

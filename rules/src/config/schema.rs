@@ -101,6 +101,7 @@ const LEDGER: Table = Table {
         ("checkpoint_interval", V),
         ("segment_max_bytes", V),
         ("replica_id", V),
+        ("queue_capacity", V),
     ],
 };
 
