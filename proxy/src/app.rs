@@ -221,7 +221,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         checkpoint_every: cfg.ledger.checkpoint_every,
         checkpoint_interval: cfg.ledger.checkpoint_interval,
         segment_max_bytes: cfg.ledger.segment_max_bytes,
-        ..LedgerOptions::default()
+        channel_capacity: cfg.ledger.queue_capacity,
     })
     .await?;
     // Which policy is in force is itself evidence.

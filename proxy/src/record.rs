@@ -251,6 +251,11 @@ fn webhook_event(action: Action) -> Option<&'static str> {
     }
 }
 
+/// An outcome refused by a full ledger queue is tried again after 5 ms, then
+/// after doubling waits up to 640 ms (about 1.3 s in all).
+const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(5);
+const OUTCOME_RETRY_LAST: Duration = Duration::from_millis(640);
+
 /// Counts outcome records not yet in the ledger, from the moment their guard
 /// exists until the write completes, so shutdown can wait for every one before
 /// it seals the ledger. (Counting from the guard's creation, not its drop,
@@ -300,6 +305,7 @@ impl Outcomes {
 /// dropped, whichever comes first. Dropped unfinished means the client went
 /// away (or the proxy is shutting down).
 pub struct OutcomeGuard {
+    event_id: String,
     facts: Option<OutcomeFacts>,
     ledger: Ledger,
     outcomes: Outcomes,
@@ -325,6 +331,7 @@ impl OutcomeGuard {
         outcomes.start();
         let c = rec.classification.as_ref();
         OutcomeGuard {
+            event_id: rec.event_id.clone(),
             facts: Some(OutcomeFacts {
                 event_id: rec.event_id.clone(),
                 tenant: rec.who.as_ref().map(|w| w.tenant.clone()),
@@ -348,6 +355,11 @@ impl OutcomeGuard {
             provider: c.and_then(|c| c.provider.clone()),
             model: c.and_then(|c| c.model.clone()),
         }
+    }
+
+    /// The event id of the request this guard writes the outcome of.
+    pub fn event_id(&self) -> &str {
+        &self.event_id
     }
 
     /// The budget reservation this request holds; settled when the outcome is written.
@@ -443,8 +455,22 @@ impl OutcomeGuard {
         };
         let ledger = self.ledger.clone();
         handle.spawn(async move {
-            if let Err(e) = ledger.append_outcome(facts).await {
-                tracing::error!(error = %e.full_message(), "outcome record could not be written");
+            // A full queue passes as the writer drains it. The request has
+            // been answered already, so waiting for room beats losing its
+            // outcome; a ledger that cannot write at all is not waited for.
+            let mut wait = OUTCOME_RETRY_FIRST;
+            loop {
+                match ledger.append_outcome(facts.clone()).await {
+                    Err(e) if e.is_backpressure() && wait <= OUTCOME_RETRY_LAST => {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e.full_message(), "outcome record could not be written");
+                        break;
+                    }
+                    Ok(_) => break,
+                }
             }
             outcomes.done();
         });

@@ -186,6 +186,11 @@ const INVALID: &[(&str, usize, &str)] = &[
     ("duration_number", 13, "durations are strings with a unit"),
     ("duration_zero", 13, "is zero"),
     ("ledger_sync_unknown", 8, "unknown ledger sync"),
+    (
+        "ledger_queue_capacity_too_large",
+        8,
+        "queue_capacity must be at most 16777216",
+    ),
     ("state_backend_unknown", 8, "unknown state backend \"etcd\""),
     (
         "state_redis_without_url",
@@ -520,6 +525,7 @@ fn omitted_sections_take_their_documented_defaults() {
     assert_eq!(config.limits.max_inspect_body, 8 * 1024 * 1024);
     assert_eq!(config.limits.max_connections, 10_000);
     assert_eq!(config.limits.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.ledger.queue_capacity, 65_536);
     assert!(config.policy.routes().is_empty());
 }
 
@@ -553,6 +559,7 @@ fn full_config_parses_every_field_into_its_typed_value() {
         config.ledger.dir,
         PathBuf::from("/var/lib/portcullis/ledger")
     );
+    assert_eq!(config.ledger.queue_capacity, 4096);
     assert_eq!(
         config.upstream.extra_ca,
         vec![PathBuf::from("tests/origin-ca.pem")]

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -276,8 +277,24 @@ pub struct Inspected<B> {
     pub rest: Option<B>,
 }
 
-/// Reads a body up to `max` bytes. Trailers, if any, are dropped.
-pub async fn read_bounded<B>(mut body: B, max: u64) -> Result<Inspected<B>, B::Error>
+/// Why [`read_bounded`] stopped before the body was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E> {
+    #[error(transparent)]
+    Body(E),
+    /// The client sent no body byte for this long.
+    #[error("no request body bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+/// Reads a body up to `max` bytes. Trailers, if any, are dropped. A client
+/// that sends nothing for `idle` is given up on: the request is still
+/// undecided, and a held read would pin its connection for good.
+pub async fn read_bounded<B>(
+    mut body: B,
+    max: u64,
+    idle: Duration,
+) -> Result<Inspected<B>, ReadError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -289,8 +306,13 @@ where
             rest: None,
         });
     }
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(frame)) => frame.map_err(ReadError::Body)?,
+            Ok(None) => break,
+            Err(_) => return Err(ReadError::Stalled(idle)),
+        };
+        if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() as u64 > max {
                 return Ok(Inspected {

@@ -56,15 +56,18 @@ pub async fn hold(
         .hold(held, route.approval_timeout)
         .await
         .map_err(|e| unavailable(rec, route, &e))?;
-    // The hold itself is evidence, and is announced.
-    commit(ctx, rec).await?;
-    // Writes an outcome only if the client goes away while the request is held.
+    // Writes an outcome only if the client goes away while the request is
+    // held, or while a record of the hold is written (so it is armed first).
     let abandoned = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
+    // The hold itself is evidence, and is announced.
+    if let Err(refusal) = commit(ctx, rec).await {
+        abandoned.disarm();
+        return Err(refusal);
+    }
     ctx.metrics.approvals_pending(ctx.approvals.pending());
     tracing::info!(id = waiter.id(), route = %route.id, "request held for approval");
     let ended = waiter.wait().await;
     ctx.metrics.approvals_pending(ctx.approvals.pending());
-    abandoned.disarm();
     let (action, reason) = match &ended {
         Ended::Decided(Verdict::Approve { .. }, _) => (Action::Allow, Reason::ApprovalGranted),
         Ended::Decided(Verdict::Deny, _) => (Action::Deny, Reason::ApprovalDenied),
@@ -74,7 +77,10 @@ pub async fn hold(
         rec.approver = Some(who);
     }
     rec.decision = keep_hits(rec, action, reason, route);
-    commit(ctx, rec).await?;
+    let verdict = commit(ctx, rec).await;
+    // From here the send phase's own guard (or no outcome, for a refusal) takes over.
+    abandoned.disarm();
+    verdict?;
     if action == Action::Allow {
         Ok(())
     } else {

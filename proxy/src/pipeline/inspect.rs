@@ -13,7 +13,9 @@ use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::flow::Scheme;
-use crate::http::body::{full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody};
+use crate::http::body::{
+    full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody, ReadError,
+};
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -48,18 +50,26 @@ pub async fn inspect(
     let body = Progress::new(body, ctx.limits.body_progress_timeout);
     // The policy sees exactly the bytes that will be forwarded. Trailers of a
     // fully read body are dropped here: they were never inspected.
-    let read = read_bounded(body, ctx.limits.max_inspect_body)
+    let idle = ctx.limits.body_progress_timeout;
+    let read = read_bounded(body, ctx.limits.max_inspect_body, idle)
         .await
         .map_err(|e| {
-            tracing::info!(error = %e, "client request body failed");
-            match e.downcast_ref::<BodyStalled>() {
-                Some(stalled) => Refusal::deny(Reason::BadRequest)
+            let stalled = match &e {
+                ReadError::Stalled(_) => true,
+                ReadError::Body(b) => b.downcast_ref::<BodyStalled>().is_some(),
+            };
+            if stalled {
+                // Undecided, and nothing forwarded: a held read would pin the connection.
+                tracing::info!(error = %e, "client stalled while sending its request body");
+                Refusal::deny(Reason::BadRequest)
                     .status(http::StatusCode::REQUEST_TIMEOUT)
-                    .detail(stalled.to_string())
-                    .close(),
-                None => Refusal::deny(Reason::BadRequest)
+                    .detail(format!("the request body sent nothing for {idle:?}"))
+                    .close()
+            } else {
+                tracing::info!(error = %e, "client request body failed");
+                Refusal::deny(Reason::BadRequest)
                     .detail("the request body could not be read")
-                    .close(),
+                    .close()
             }
         })?;
     let deciding = tokio::time::Instant::now();

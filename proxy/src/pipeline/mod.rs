@@ -21,7 +21,7 @@ use portcullis_rules::Action;
 use crate::ctx::Ctx;
 use crate::flow::Flow;
 use crate::http::body::ProxyBody;
-use crate::record::RequestRecord;
+use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::{ledger_unavailable, rescue, Refusal};
 
 /// Runs one request through every phase and returns what the client gets.
@@ -78,12 +78,20 @@ async fn run(
         let size = inspected.whole_body.as_ref().map_or(0, |b| b.len() as u64);
         approve::hold(ctx, rec, &bound, &route, size).await?;
     }
-    // record: the decision is durable before anything leaves (audit before act).
+    // record: the decision is durable before anything leaves (audit before
+    // act). The outcome guard is armed first: a client that goes away while
+    // the record is written still leaves an outcome beside its allow.
+    let guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
     if !rec.is_committed() {
         let waited = tokio::time::Instant::now();
-        rec.commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+        if rec
+            .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
             .await
-            .map_err(|_| ledger_unavailable())?;
+            .is_err()
+        {
+            guard.disarm();
+            return Err(ledger_unavailable());
+        }
         ctx.metrics.ledger_append_wait(waited.elapsed());
     }
     // inject (apply): the agent's credentials out, the provider key in.
@@ -98,5 +106,5 @@ async fn run(
     }
     // act (allow | warn | narrow) and send: the (possibly narrowed) request goes
     // upstream and streams back, redacted and metered, under the outcome guard.
-    send::send(ctx, flow, rec, bound, dest, inspected, admitted).await
+    send::send(ctx, flow, guard, bound, dest, inspected, admitted).await
 }

@@ -22,25 +22,25 @@ use crate::http::headers::{redactable, scrub_request_headers, scrub_response_hea
 use crate::http::relay::relay;
 use crate::http::usage::{Usage, UsageMeter};
 use crate::metrics::{Phase as MetricPhase, UpstreamErrorKind};
-use crate::record::{OutcomeGuard, RequestRecord};
+use crate::record::OutcomeGuard;
 use crate::rescue::Refusal;
 use crate::upstream::{find_connect_error, Checked, ConnectError};
 
-/// Sends the request and returns the streaming response. From here on the
-/// decision is recorded, so every ending writes an outcome: the guard does it
-/// when the body ends, when the client goes away, or when this future is
-/// dropped before the upstream answers.
+/// Sends the request and returns the streaming response. The decision is
+/// recorded, so every ending writes an outcome: `guard` does it when the body
+/// ends, when the client goes away, or when this future is dropped before the
+/// upstream answers.
 pub async fn send(
     ctx: &Arc<Ctx>,
     flow: &Arc<Flow>,
-    rec: &RequestRecord,
+    mut guard: OutcomeGuard,
     bound: Bound,
     dest: Checked,
     inspected: Inspected,
     admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
     guard.hold(admitted.hold);
+    let event_id = guard.event_id().to_owned();
     let Inspected {
         mut parts,
         body,
@@ -78,7 +78,7 @@ pub async fn send(
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
-            scrub_response_headers(&mut parts.headers, true, &rec.event_id);
+            scrub_response_headers(&mut parts.headers, true, &event_id);
             tokio::spawn(
                 websocket_session(
                     ctx.clone(),
@@ -93,7 +93,7 @@ pub async fn send(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    scrub_response_headers(&mut parts.headers, false, &rec.event_id);
+    scrub_response_headers(&mut parts.headers, false, &event_id);
     // The meter reads the upstream's own bytes as they pass (before redaction);
     // Bedrock may also report usage in headers.
     let content_type = parts

@@ -55,11 +55,11 @@ where
             Ok(h) if h == tun.target.host => {}
             Ok(h) => {
                 tracing::warn!(sni = %h, connect = %tun.target.host, "SNI does not match the CONNECT host; closing");
-                return;
+                return super::record_sni_mismatch(&ctx, &tun).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unparseable SNI; closing");
-                return;
+                return super::record_sni_mismatch(&ctx, &tun).await;
             }
         },
         None => {

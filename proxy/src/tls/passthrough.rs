@@ -44,6 +44,7 @@ where
         Some(Ok(h)) if h == tun.target.host => {}
         Some(_) => {
             tracing::warn!(connect = %tun.target.host, "passthrough: SNI does not match the CONNECT host; closing");
+            super::record_sni_mismatch(&ctx, &tun).await;
             return outcome.finish(0, End::ClientAbort);
         }
         None => {

@@ -234,6 +234,9 @@ pub struct LedgerConfig {
     /// Below this much free space on the ledger's disk, `/readyz` fails (a
     /// warning before the disk is full and appends fail closed). Default 64 MiB.
     pub min_free_bytes: u64,
+    /// Appends waiting for the writer. A full queue refuses the append at
+    /// once, and the request fails closed. Default 65536.
+    pub queue_capacity: usize,
 }
 
 impl Default for LedgerConfig {
@@ -247,6 +250,7 @@ impl Default for LedgerConfig {
             segment_max_bytes: 64 * 1024 * 1024,
             replica_id: "default".to_owned(),
             min_free_bytes: 64 * 1024 * 1024,
+            queue_capacity: 65_536,
         }
     }
 }
@@ -356,7 +360,8 @@ fn parse_ip_port(s: &str) -> Option<SocketAddr> {
 /// `[limits]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Time a client has to send a complete request head (slowloris guard). Default 10 s.
+    /// Time a client has to send a complete request head (slowloris guard), and the
+    /// longest pause while its body is read for inspection. Default 10 s.
     pub client_header_timeout: Duration,
     /// A request body that sends nothing for this long is cut off (slow POST
     /// guard): before the decision it gets `408`, while streaming the

@@ -86,6 +86,7 @@ pub(super) struct RawLedger {
     pub(super) segment_max_bytes: Option<S<i64>>,
     pub(super) min_free_bytes: Option<S<i64>>,
     pub(super) replica_id: Option<S<String>>,
+    pub(super) queue_capacity: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -102,6 +102,7 @@ const LEDGER: Table = Table {
         ("segment_max_bytes", V),
         ("min_free_bytes", V),
         ("replica_id", V),
+        ("queue_capacity", V),
     ],
 };
 

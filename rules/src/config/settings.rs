@@ -18,6 +18,9 @@ use super::{
     ListenerMode, ResolveEntry, UpstreamConfig, VaultConfig,
 };
 
+/// The ledger crate's own bound on its queue.
+const MAX_LEDGER_QUEUE: usize = 1 << 24;
+
 impl Errors<'_> {
     pub(super) fn admin(&mut self, raw: Option<RawAdmin>) -> AdminConfig {
         let mut admin = AdminConfig::default();
@@ -261,6 +264,19 @@ impl Errors<'_> {
             match validate_id("replica_id", id.get_ref()) {
                 Ok(()) => ledger.replica_id = id.into_inner(),
                 Err(message) => self.at(&id.span(), message),
+            }
+        }
+        if let Some(raw_queue) = raw.queue_capacity {
+            let span = raw_queue.span();
+            match self.positive::<usize>(Some(raw_queue)) {
+                Some(value) if value > MAX_LEDGER_QUEUE => self.at(
+                    &span,
+                    format!(
+                        "queue_capacity must be at most {MAX_LEDGER_QUEUE} (the default is 65536)"
+                    ),
+                ),
+                Some(value) => ledger.queue_capacity = value,
+                None => {}
             }
         }
         ledger
