@@ -525,3 +525,32 @@ async fn a_query_string_in_a_path_template_never_reaches_the_file() {
     let text = fs::read_to_string(&segments(&dir)[0]).expect("read");
     assert!(!text.contains("sk-secret") && !text.contains('?'));
 }
+
+// Regression: open added 1 to the last record's `seq` read back from disk; a forged
+// u64::MAX overflowed (a panic in debug builds) instead of refusing the ledger.
+#[tokio::test]
+async fn open_refuses_a_ledger_whose_last_seq_is_the_largest_instead_of_overflowing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = opts(tmp.path());
+    build(opts.clone(), 3, true).await;
+    let seg = segments(&opts.dir)[0].clone();
+    let mut l = lines(&seg);
+    let last = l.len() - 1;
+    l[last] = rehash(&l[last].replace("{\"seq\":4,", "{\"seq\":18446744073709551615,"));
+    rewrite_lines(&seg, &l);
+    let err = Ledger::open(opts).await.err().expect("open must refuse");
+    assert!(err.is_tampered(), "{err}");
+}
+
+// Regression: open added 1 to the last segment's index from its file name; a segment named
+// with u64::MAX overflowed (a panic in debug builds) instead of refusing the ledger.
+#[tokio::test]
+async fn open_refuses_a_segment_numbered_the_largest_index_instead_of_overflowing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = opts(tmp.path());
+    build(opts.clone(), 1, true).await;
+    let seg = segments(&opts.dir)[0].clone();
+    fs::copy(&seg, opts.dir.join(format::segment_file_name(u64::MAX))).expect("copy");
+    let err = Ledger::open(opts).await.err().expect("open must refuse");
+    assert!(err.is_tampered(), "{err}");
+}

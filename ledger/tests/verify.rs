@@ -372,3 +372,51 @@ fn copy_dir(from: &Path, to: &Path) {
         fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
+
+/// Chain `lines` again after an edit, as a forger without the signing key would: each
+/// line's `prev` set to the hash of the line before it (the first keeps its own), and its
+/// own hash recomputed.
+fn relink(lines: &mut [String]) {
+    let mut prev: Option<String> = None;
+    for line in lines.iter_mut() {
+        if let Some(p) = &prev {
+            let at = line.rfind("\"prev\":\"").expect("prev") + 8;
+            line.replace_range(at..at + 64, p);
+        }
+        *line = rehash(line);
+        prev = Some(line[line.len() - 66..line.len() - 2].to_owned());
+    }
+}
+
+const MAX_SEQ: &str = "18446744073709551615";
+
+// Regression: verify added 1 to a forged `seq` of u64::MAX and overflowed (a panic in
+// debug builds) instead of reporting the record.
+#[tokio::test]
+async fn ledger_verify_reports_a_record_at_the_largest_seq_instead_of_overflowing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_, seg) = ledger_of(tmp.path(), 3).await;
+    let l = lines(&seg);
+    let mut forged = vec![
+        l[0].replace("\"first_seq\":1,", &format!("\"first_seq\":{MAX_SEQ},")),
+        l[1].replace("{\"seq\":1,", &format!("{{\"seq\":{MAX_SEQ},")),
+    ];
+    relink(&mut forged);
+    rewrite_lines(&seg, &forged);
+    let bad = assert_tampered(run(&seg), TamperKind::Sequence, &seg, 2);
+    assert_eq!(bad.seq, Some(u64::MAX));
+}
+
+// Regression: verify added 1 to a forged checkpoint `head_seq` of u64::MAX and overflowed
+// (a panic in debug builds) before it checked the signature.
+#[tokio::test]
+async fn ledger_verify_reports_a_checkpoint_of_the_largest_head_seq_instead_of_overflowing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (dir, seg) = ledger_of(tmp.path(), 3).await;
+    let mut l = lines(&seg);
+    let last = l.len() - 1;
+    assert!(l[last].contains("\"kind\":\"checkpoint\""));
+    l[last] = rehash(&l[last].replace("\"head_seq\":3,", &format!("\"head_seq\":{MAX_SEQ},")));
+    rewrite_lines(&seg, &l);
+    assert_tampered(run(&dir), TamperKind::Checkpoint, &seg, l.len() as u64);
+}

@@ -93,6 +93,9 @@ mod app;
 pub mod cli;
 mod ctx;
 mod flow;
+/// Entry points for the fuzz targets and property tests; not a supported API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod listen;
 mod metrics;

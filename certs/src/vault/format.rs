@@ -105,13 +105,23 @@ fn file_mac(keys: &FileKeys, version: u32, generation: u64, entries: &[RawEntry]
     mac
 }
 
-/// Serialize a complete file, HMAC included.
-pub(crate) fn write_file(keys: &FileKeys, generation: u64, entries: Vec<RawEntry>) -> Vec<u8> {
-    let hmac = hex::encode(
-        file_mac(keys, FORMAT_VERSION, generation, &entries)
+/// The file HMAC as written in the `hmac` field.
+pub(crate) fn file_hmac_hex(
+    keys: &FileKeys,
+    version: u32,
+    generation: u64,
+    entries: &[RawEntry],
+) -> String {
+    hex::encode(
+        file_mac(keys, version, generation, entries)
             .finalize()
             .into_bytes(),
-    );
+    )
+}
+
+/// Serialize a complete file, HMAC included.
+pub(crate) fn write_file(keys: &FileKeys, generation: u64, entries: Vec<RawEntry>) -> Vec<u8> {
+    let hmac = file_hmac_hex(keys, FORMAT_VERSION, generation, &entries);
     let raw = RawFile {
         version: FORMAT_VERSION,
         generation,

@@ -151,39 +151,7 @@ impl Vault {
             }
         }
 
-        let mut entries = Vec::with_capacity(raw.entries.len());
-        for raw_entry in raw.entries {
-            let bad = |reason| VaultError::BadEntry {
-                path: path.into(),
-                tenant: raw_entry.tenant.clone(),
-                provider: raw_entry.provider.clone(),
-                key_id: raw_entry.key_id.clone(),
-                version: raw_entry.version,
-                reason,
-            };
-            if check_names(&raw_entry.tenant, &raw_entry.provider, &raw_entry.key_id).is_err() {
-                return Err(bad("its tenant, provider or key id is not a valid name"));
-            }
-            let duplicate = entries.iter().any(|e: &Entry| {
-                e.tenant == raw_entry.tenant
-                    && e.provider == raw_entry.provider
-                    && e.version == raw_entry.version
-            });
-            if duplicate {
-                return Err(bad("another entry of the slot has the same version"));
-            }
-            let (nonce, ciphertext, secret) = format::unseal(&keys, &raw_entry).map_err(bad)?;
-            entries.push(Entry {
-                tenant: raw_entry.tenant,
-                provider: raw_entry.provider,
-                key_id: raw_entry.key_id,
-                version: raw_entry.version,
-                active: raw_entry.active,
-                nonce,
-                ciphertext,
-                secret,
-            });
-        }
+        let entries = decrypt_entries(path, &keys, raw.entries)?;
 
         let mut vault = Self {
             path: path.into(),
@@ -462,6 +430,49 @@ impl fmt::Debug for Vault {
     }
 }
 
+/// Check and decrypt every entry of a file whose HMAC has been verified: valid names, one
+/// entry per slot version, and an AEAD that opens. The first bad entry fails the whole file.
+fn decrypt_entries(
+    path: &Path,
+    keys: &FileKeys,
+    raw_entries: Vec<RawEntry>,
+) -> Result<Vec<Entry>, VaultError> {
+    let mut entries = Vec::with_capacity(raw_entries.len());
+    for raw_entry in raw_entries {
+        let bad = |reason| VaultError::BadEntry {
+            path: path.into(),
+            tenant: raw_entry.tenant.clone(),
+            provider: raw_entry.provider.clone(),
+            key_id: raw_entry.key_id.clone(),
+            version: raw_entry.version,
+            reason,
+        };
+        if check_names(&raw_entry.tenant, &raw_entry.provider, &raw_entry.key_id).is_err() {
+            return Err(bad("its tenant, provider or key id is not a valid name"));
+        }
+        let duplicate = entries.iter().any(|e: &Entry| {
+            e.tenant == raw_entry.tenant
+                && e.provider == raw_entry.provider
+                && e.version == raw_entry.version
+        });
+        if duplicate {
+            return Err(bad("another entry of the slot has the same version"));
+        }
+        let (nonce, ciphertext, secret) = format::unseal(keys, &raw_entry).map_err(bad)?;
+        entries.push(Entry {
+            tenant: raw_entry.tenant,
+            provider: raw_entry.provider,
+            key_id: raw_entry.key_id,
+            version: raw_entry.version,
+            active: raw_entry.active,
+            nonce,
+            ciphertext,
+            secret,
+        });
+    }
+    Ok(entries)
+}
+
 /// Names are 1 to 64 characters of `[A-Za-z0-9._-]`: safe in file names, log lines and
 /// the `provider/key_id@vN` form, and never mistaken for each other.
 fn check_names(tenant: &str, provider: &str, key_id: &str) -> Result<(), VaultError> {
@@ -496,5 +507,96 @@ pub mod testing {
     /// passes the HMAC and only the per-entry AEAD check can catch the edit.
     pub fn reseal(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
         super::format::reseal(path, key)
+    }
+}
+
+/// Entry points for the fuzz targets (`fuzz/`) and the property tests. Not part of the
+/// supported API.
+///
+/// [`Vault::open`] reads two files and writes the sidecar, which is too slow and too
+/// stateful for a fuzzer. These run the same parse, HMAC check and decryption on text in
+/// memory, and give the fuzzer the secret codec, so it can check round trips.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use super::format::{self, FileKeys, RawEntry};
+    use super::{decrypt_entries, MasterKey, Secret, VaultError};
+
+    /// One decrypted entry.
+    #[derive(Debug, PartialEq)]
+    pub struct OpenedEntry {
+        pub tenant: String,
+        pub provider: String,
+        pub key_id: String,
+        pub version: u32,
+        pub active: bool,
+        pub secret: Secret,
+    }
+
+    /// What [`super::Vault::open`] does with the file's text, without the sidecar: parse,
+    /// check the HMAC, decrypt every entry. With `reseal` the HMAC is first recomputed
+    /// with `key`, as only a holder of the key could, so that an edited file gets past
+    /// the HMAC and only the per-entry checks can refuse it.
+    pub fn open_text(
+        text: &str,
+        key: &MasterKey,
+        reseal: bool,
+    ) -> Result<Vec<OpenedEntry>, VaultError> {
+        let path = Path::new("fuzz-vault.json");
+        let keys = FileKeys::new(key);
+        let mut raw = format::parse_file(path, text)?;
+        if reseal {
+            raw.hmac = format::file_hmac_hex(&keys, raw.version, raw.generation, &raw.entries);
+        }
+        format::verify_file(path, &keys, &raw)?;
+        let entries = decrypt_entries(path, &keys, raw.entries)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| OpenedEntry {
+                tenant: e.tenant,
+                provider: e.provider,
+                key_id: e.key_id,
+                version: e.version,
+                active: e.active,
+                secret: e.secret,
+            })
+            .collect())
+    }
+
+    /// A complete vault file of `entries` (each freshly sealed), as [`super::Vault`] saves it.
+    pub fn write_text(
+        key: &MasterKey,
+        generation: u64,
+        entries: &[OpenedEntry],
+    ) -> Result<Vec<u8>, VaultError> {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine as _;
+        let keys = FileKeys::new(key);
+        let mut raws = Vec::with_capacity(entries.len());
+        for e in entries {
+            let aad = format::aad(&e.tenant, &e.provider, &e.key_id, e.version);
+            let (nonce, ciphertext) = format::seal(&keys, &aad, &e.secret)?;
+            raws.push(RawEntry {
+                tenant: e.tenant.clone(),
+                provider: e.provider.clone(),
+                key_id: e.key_id.clone(),
+                version: e.version,
+                active: e.active,
+                nonce: STANDARD.encode(nonce),
+                ciphertext: STANDARD.encode(ciphertext),
+            });
+        }
+        Ok(format::write_file(&keys, generation, raws))
+    }
+
+    /// The plaintext encoding of a secret, as it is encrypted.
+    pub fn encode_secret(secret: &Secret) -> Vec<u8> {
+        secret.encode().to_vec()
+    }
+
+    /// Decode a decrypted plaintext.
+    pub fn decode_secret(bytes: &[u8]) -> Result<Secret, &'static str> {
+        Secret::decode(bytes)
     }
 }

@@ -87,7 +87,7 @@ pub(super) fn check_record(
             "checkpoint names segment {} but sits in segment {index}",
             cp.segment
         ))
-    } else if cp.head_seq + 1 != cp.seq || cp.head_hash != cp.prev {
+    } else if cp.head_seq.checked_add(1) != Some(cp.seq) || cp.head_hash != cp.prev {
         Some("checkpoint does not sign the record right before it".to_owned())
     } else {
         None

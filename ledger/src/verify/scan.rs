@@ -218,6 +218,15 @@ impl<'k> ChainScan<'k> {
                 };
                 return Err(bad(&here, TamperKind::Sequence, why));
             }
+            // The writer never gets to u64::MAX (it refuses to, see `WriterState::push`),
+            // and nothing could follow it.
+            let Some(next_seq) = seq.checked_add(1) else {
+                return Err(bad(
+                    &here,
+                    TamperKind::Sequence,
+                    "seq is the largest possible number, which no writer reaches: the record was forged",
+                ));
+            };
             if format::decode_hash(parsed.entry.prev().as_bytes()) != self.prev {
                 return Err(bad(
                     &here,
@@ -240,7 +249,7 @@ impl<'k> ChainScan<'k> {
             self.report.records += 1;
             self.report.last_seq = Some(seq);
             self.prev = Some(parsed.hash);
-            self.expected_seq = Some(seq + 1);
+            self.expected_seq = Some(next_seq);
         }
         self.end = at(lines.len() + 1, self.expected_seq);
         Ok(())

@@ -90,16 +90,19 @@ impl WriterState {
             .unwrap_or_else(|| Arc::new(OffsetDateTime::now_utc));
         let wall = clock();
         let prev = tail.last_hash.unwrap_or_else(segment::genesis);
-        let index = tail.last_index.map_or(1, |i| i + 1);
-        let (seg, head) = segment::create_segment(
-            &dir,
-            None,
-            index,
-            &opts.replica_id,
-            tail.last_seq + 1,
-            &prev,
-            wall,
-        )?;
+        // Both numbers come from files: a forged u64::MAX must not overflow.
+        let index = match tail.last_index {
+            None => 1,
+            Some(i) => i
+                .checked_add(1)
+                .ok_or_else(|| exhausted(&dir, "segment index"))?,
+        };
+        let next_seq = tail
+            .last_seq
+            .checked_add(1)
+            .ok_or_else(|| exhausted(&dir, "seq"))?;
+        let (seg, head) =
+            segment::create_segment(&dir, None, index, &opts.replica_id, next_seq, &prev, wall)?;
         let cp_log = OpenOptions::new()
             .append(true)
             .create(true)
@@ -124,7 +127,7 @@ impl WriterState {
             seg,
             cp_log,
             cp_log_path,
-            next_seq: tail.last_seq + 1,
+            next_seq,
             head,
             since_checkpoint: 0,
             unanchored_since: None,
@@ -402,11 +405,16 @@ impl WriterState {
     /// Seal `record` onto the chain and buffer it. `record` must carry `self.next_seq` and
     /// `prev = self.head`.
     fn push<T: serde::Serialize>(&mut self, record: &T) -> Result<[u8; 32], LedgerError> {
+        // seq u64::MAX is never written: verify rejects it, as nothing could follow it.
+        let next_seq = self
+            .next_seq
+            .checked_add(1)
+            .ok_or_else(|| exhausted(&self.dir, "seq"))?;
         let (line, hash) = seal(record, &self.head)?;
         self.buf.extend_from_slice(&line);
         self.seg.bytes += line.len() as u64;
         self.seg.records += 1;
-        self.next_seq += 1;
+        self.next_seq = next_seq;
         self.since_checkpoint += 1;
         self.unanchored_since.get_or_insert(self.now);
         self.head = hash;
@@ -473,6 +481,11 @@ impl WriterState {
         if !self.seg.rotation_due(wall, self.segment_max_bytes) {
             return Ok(());
         }
+        let index = self
+            .seg
+            .index
+            .checked_add(1)
+            .ok_or_else(|| exhausted(&self.dir, "segment index"))?;
         // Anchor the old segment, make it durable, then seal it read-only.
         if self.since_checkpoint > 0 {
             self.push_checkpoint(wall)?;
@@ -486,7 +499,7 @@ impl WriterState {
         let (seg, head) = segment::create_segment(
             &self.dir,
             redirect,
-            self.seg.index + 1,
+            index,
             &self.replica,
             self.next_seq,
             &self.head,
@@ -507,5 +520,15 @@ fn reject_all(batch: Vec<Cmd>, reason: &str) {
             Cmd::Checkpoint { reply } => drop(reply.send(Err(err()))),
             Cmd::Shutdown { reply } => drop(reply.send(Err(err()))),
         }
+    }
+}
+
+/// A seq or segment index with no successor: only a forged ledger gets there.
+fn exhausted(dir: &std::path::Path, what: &str) -> LedgerError {
+    LedgerError::Tampered {
+        location: dir.display().to_string(),
+        why: format!(
+            "the last {what} is the largest possible number, which no writer reaches: the ledger was forged; run `portcullis ledger verify`"
+        ),
     }
 }
