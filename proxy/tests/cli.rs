@@ -282,3 +282,37 @@ fn explain_prints_classification_route_and_verdict_without_sending() {
     let none = run("GET", "https://evil.example.com/");
     assert!(none.contains("no_route"), "{none}");
 }
+
+#[test]
+fn sigterm_the_moment_it_says_ready_is_a_clean_shutdown_not_a_kill() {
+    // A supervisor may stop the proxy right after `# ready`: the signal
+    // handlers must already be in place by then.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = bin()
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("PORTCULLIS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "no '# ready'");
+            if line.trim_end() == "# ready" {
+                break;
+            }
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+    }
+}

@@ -346,6 +346,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let stop = StopSignals::listen();
         let proxy = start(Settings {
             config: cfg,
             base_dir: base,
@@ -356,7 +357,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         })
         .await?;
         print_banner(&proxy, &auth);
-        wait_for_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down: no new connections; draining");
         proxy.shutdown().await;
         Ok::<_, anyhow::Error>(())
@@ -417,25 +418,50 @@ fn print_banner(proxy: &crate::RunningProxy, auth: &[(String, ListenerMode, List
     let _ = out.flush();
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened for from before the proxy says it is ready:
+/// a supervisor that stops it right after `# ready` gets a graceful
+/// shutdown, not the default signal action.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {}
+                _ = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
