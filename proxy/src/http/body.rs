@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -277,24 +276,10 @@ pub struct Inspected<B> {
     pub rest: Option<B>,
 }
 
-/// Why [`read_bounded`] stopped before the body was read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError<E> {
-    #[error(transparent)]
-    Body(E),
-    /// The client sent no body byte for this long.
-    #[error("no request body bytes for {0:?}")]
-    Stalled(Duration),
-}
-
-/// Reads a body up to `max` bytes. Trailers, if any, are dropped. A client
-/// that sends nothing for `idle` is given up on: the request is still
-/// undecided, and a held read would pin its connection for good.
-pub async fn read_bounded<B>(
-    mut body: B,
-    max: u64,
-    idle: Duration,
-) -> Result<Inspected<B>, ReadError<B::Error>>
+/// Reads a body up to `max` bytes. Trailers, if any, are dropped. Wrap the
+/// body in [`Progress`] first: a client that stops sending is then given up
+/// on, since a held read would pin its connection for good.
+pub async fn read_bounded<B>(mut body: B, max: u64) -> Result<Inspected<B>, B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -306,13 +291,8 @@ where
             rest: None,
         });
     }
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(frame)) => frame.map_err(ReadError::Body)?,
-            Ok(None) => break,
-            Err(_) => return Err(ReadError::Stalled(idle)),
-        };
-        if let Ok(data) = frame.into_data() {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() as u64 > max {
                 return Ok(Inspected {

@@ -13,9 +13,7 @@ use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::flow::Scheme;
-use crate::http::body::{
-    full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody, ReadError,
-};
+use crate::http::body::{full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody};
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -51,14 +49,10 @@ pub async fn inspect(
     // The policy sees exactly the bytes that will be forwarded. Trailers of a
     // fully read body are dropped here: they were never inspected.
     let idle = ctx.limits.body_progress_timeout;
-    let read = read_bounded(body, ctx.limits.max_inspect_body, idle)
+    let read = read_bounded(body, ctx.limits.max_inspect_body)
         .await
         .map_err(|e| {
-            let stalled = match &e {
-                ReadError::Stalled(_) => true,
-                ReadError::Body(b) => b.downcast_ref::<BodyStalled>().is_some(),
-            };
-            if stalled {
+            if e.downcast_ref::<BodyStalled>().is_some() {
                 // Undecided, and nothing forwarded: a held read would pin the connection.
                 tracing::info!(error = %e, "client stalled while sending its request body");
                 Refusal::deny(Reason::BadRequest)
