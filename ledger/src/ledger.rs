@@ -93,6 +93,38 @@ impl Ledger {
         self.append(RecordInput::Outcome(facts)).await
     }
 
+    /// Queue an outcome record without waiting for it: nothing waits on an outcome, so
+    /// no reply wakes anyone. The record is written in order with every other append, and
+    /// [`Ledger::shutdown`] writes everything queued before it. A full queue hands the
+    /// facts back ([`Submitted::Full`]) so the caller can wait and retry with
+    /// [`Ledger::append_outcome`]; a write error later shows in [`Ledger::health`], as
+    /// for every append.
+    pub fn submit_outcome(&self, mut facts: OutcomeFacts) -> Submitted {
+        if let Err(e) = self.ready() {
+            return Submitted::Failed(e);
+        }
+        facts.clamp();
+        // The receiver is dropped at once: the writer's reply goes nowhere.
+        let (reply, _) = oneshot::channel();
+        match self.inner.tx.try_send(Cmd::Append {
+            input: Box::new(RecordInput::Outcome(facts)),
+            reply,
+        }) {
+            Ok(()) => Submitted::Queued,
+            Err(TrySendError::Full(cmd)) => {
+                self.inner.shared.saturated.store(true, Ordering::SeqCst);
+                match cmd {
+                    Cmd::Append { input, .. } => match *input {
+                        RecordInput::Outcome(f) => Submitted::Full(Box::new(f)),
+                        _ => Submitted::Failed(LedgerError::Backpressure),
+                    },
+                    _ => Submitted::Failed(LedgerError::Backpressure),
+                }
+            }
+            Err(TrySendError::Closed(_)) => Submitted::Failed(self.gone()),
+        }
+    }
+
     /// Append a config record (same guarantees as [`Ledger::append_decision`]).
     pub async fn append_config(&self, mut facts: ConfigFacts) -> Result<Appended, LedgerError> {
         facts.clamp();
@@ -215,3 +247,15 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests;
+
+/// What [`Ledger::submit_outcome`] did with a record.
+#[derive(Debug)]
+#[must_use]
+pub enum Submitted {
+    /// In the queue; the writer writes it in order.
+    Queued,
+    /// The queue is full: here are the facts back, to retry.
+    Full(Box<OutcomeFacts>),
+    /// The ledger cannot take records (unhealthy or closed).
+    Failed(LedgerError),
+}

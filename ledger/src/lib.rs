@@ -94,7 +94,7 @@ pub use facts::{
     new_event_id, ConfigFacts, DecisionFacts, OutcomeFacts, MAX_FIELD_BYTES, MAX_LIST_ITEMS,
     MAX_PATH_TEMPLATE_BYTES,
 };
-pub use ledger::{Health, Ledger, LedgerStats};
+pub use ledger::{Health, Ledger, LedgerStats, Submitted};
 pub use options::{LedgerOptions, SyncMode};
 pub use shared::{Appended, CheckpointInfo};
 pub use tamper::TamperKind;

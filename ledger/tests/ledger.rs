@@ -554,3 +554,53 @@ async fn open_refuses_a_segment_numbered_the_largest_index_instead_of_overflowin
     let err = Ledger::open(opts).await.err().expect("open must refuse");
     assert!(err.is_tampered(), "{err}");
 }
+
+#[tokio::test]
+async fn submitted_outcomes_are_written_in_order_before_shutdown_completes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = opts(tmp.path());
+    let dir = opts.dir.clone();
+    let ledger = Ledger::open(opts).await.expect("open");
+    ledger.append_decision(decision(1)).await.expect("decision");
+    for i in 1..=50 {
+        assert!(matches!(
+            ledger.submit_outcome(outcome(i)),
+            portcullis_ledger::Submitted::Queued
+        ));
+    }
+    // Nothing was awaited: shutdown alone must write all fifty, after the decision.
+    ledger.shutdown().await.expect("shutdown");
+    let entries = parse_all(&segments(&dir)[0]);
+    assert!(matches!(entries[1], Entry::Decision(_)));
+    let outcomes = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Outcome(_)))
+        .count();
+    assert_eq!(outcomes, 50);
+    assert!(intact(&dir));
+    // A closed ledger takes no more.
+    assert!(matches!(
+        ledger.submit_outcome(outcome(51)),
+        portcullis_ledger::Submitted::Failed(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_full_queue_hands_a_submitted_outcome_back_to_retry() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut opts = opts(tmp.path());
+    opts.channel_capacity = 1;
+    let ledger = Ledger::open(opts).await.expect("open");
+    // The writer drains concurrently; submitting far more than fits must hit a full
+    // queue at least once, and get its facts back intact.
+    let mut handed_back = None;
+    for i in 0..10_000 {
+        if let portcullis_ledger::Submitted::Full(f) = ledger.submit_outcome(outcome(i)) {
+            handed_back = Some((i, f));
+            break;
+        }
+    }
+    let (i, f) = handed_back.expect("a one-slot queue filled up");
+    assert_eq!(*f, outcome(i), "the facts come back as they went in");
+    ledger.shutdown().await.expect("shutdown");
+}

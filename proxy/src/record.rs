@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_ledger::{DecisionFacts, Health, Ledger, LedgerError, OutcomeFacts};
+use portcullis_ledger::{DecisionFacts, Health, Ledger, LedgerError, OutcomeFacts, Submitted};
 use portcullis_rules::{Action, Classification, Decision, Reason};
 use tokio::sync::{watch, Notify};
 
@@ -100,6 +100,9 @@ pub struct RequestRecord {
     policy_generation: u64,
     policy_hash: String,
     committed: bool,
+    /// The request goes upstream under an outcome guard, which logs its one line (the
+    /// decision and the outcome together) when it ends.
+    log_at_outcome: bool,
 }
 
 impl RequestRecord {
@@ -120,6 +123,7 @@ impl RequestRecord {
             policy_generation: snap.generation,
             policy_hash: snap.policy.hash_hex().to_owned(),
             committed: false,
+            log_at_outcome: false,
         }
     }
 
@@ -195,7 +199,9 @@ impl RequestRecord {
         webhooks: &Webhooks,
     ) -> Result<(), LedgerError> {
         let facts = self.facts();
-        self.log(&facts);
+        if !self.log_at_outcome {
+            self.log(&facts);
+        }
         metrics.request(
             facts.tenant.as_deref(),
             &facts.decision,
@@ -223,6 +229,8 @@ impl RequestRecord {
                 Ok(())
             }
             Err(e) => {
+                // No outcome will follow a decision that is not durable.
+                self.log_at_outcome = false;
                 let why = match ledger.health() {
                     Health::Unhealthy(why) => why,
                     _ => e.to_string(),
@@ -318,6 +326,8 @@ pub struct OutcomeGuard {
     /// For the token metrics: what was called.
     provider: Option<String>,
     model: Option<String>,
+    /// The decision's facts, when this guard logs the request's one line.
+    decision: Option<Box<DecisionFacts>>,
 }
 
 impl OutcomeGuard {
@@ -354,6 +364,20 @@ impl OutcomeGuard {
             metrics: metrics.clone(),
             provider: c.and_then(|c| c.provider.clone()),
             model: c.and_then(|c| c.model.clone()),
+            decision: None,
+        }
+    }
+
+    /// This guard writes the request's only log line, the decision and the outcome
+    /// together, instead of one line at the decision and one at the end. Call it before
+    /// the decision is committed; the facts are copied only if the line will be written.
+    pub fn log_decision_with_outcome(&mut self, rec: &mut RequestRecord) {
+        if rec.is_committed() {
+            return;
+        }
+        rec.log_at_outcome = true;
+        if tracing::enabled!(target: "portcullis::outcome", tracing::Level::INFO) {
+            self.decision = Some(Box::new(rec.facts()));
         }
     }
 
@@ -431,22 +455,65 @@ impl OutcomeGuard {
             };
             hold.settle(used);
         }
-        tracing::event!(
-            target: "portcullis::outcome",
-            tracing::Level::INFO,
-            { field::EVENT_ID } = facts.event_id.as_str(),
-            { field::DEST_HOST } = facts.dest_host.as_str(),
-            { field::STATUS } = facts.status.unwrap_or(0),
-            { field::BYTES_IN } = facts.bytes_in,
-            { field::BYTES_OUT } = facts.bytes_out,
-            { field::DURATION_MS } = facts.duration_ms,
-            { field::TOKENS_IN } = facts.tokens_in.unwrap_or(0),
-            { field::TOKENS_OUT } = facts.tokens_out.unwrap_or(0),
-            { field::END } = facts.end.as_str(),
-            "outcome"
-        );
-        // Drop runs outside async code, and the client is already answered:
-        // the write goes on in the background, tracked so shutdown waits for it.
+        match self.decision.take() {
+            Some(d) => tracing::event!(
+                target: "portcullis::outcome",
+                tracing::Level::INFO,
+                { field::EVENT_ID } = facts.event_id.as_str(),
+                { field::TENANT } = d.tenant.as_deref().unwrap_or("-"),
+                { field::AGENT } = d.agent.as_deref().unwrap_or("-"),
+                { field::LISTENER } = d.listener.as_str(),
+                { field::DEST_HOST } = facts.dest_host.as_str(),
+                { field::DEST_PORT } = d.dest_port,
+                { field::METHOD } = d.method.as_deref().unwrap_or("-"),
+                { field::PATH_TEMPLATE } = d.path_template.as_deref().unwrap_or("-"),
+                { field::PROVIDER } = d.provider.as_deref().unwrap_or("-"),
+                { field::MODEL } = d.model.as_deref().unwrap_or("-"),
+                { field::OPERATION } = d.operation.as_deref().unwrap_or("-"),
+                { field::DECISION } = d.decision.as_str(),
+                { field::REASON } = d.reason.as_str(),
+                { field::RULE_ID } = d.rule_id.as_deref().unwrap_or("-"),
+                { field::POLICY_GENERATION } = d.policy_generation,
+                { field::STATUS } = facts.status.unwrap_or(0),
+                { field::BYTES_IN } = facts.bytes_in,
+                { field::BYTES_OUT } = facts.bytes_out,
+                { field::DURATION_MS } = facts.duration_ms,
+                { field::TOKENS_IN } = facts.tokens_in.unwrap_or(0),
+                { field::TOKENS_OUT } = facts.tokens_out.unwrap_or(0),
+                { field::END } = facts.end.as_str(),
+                "request"
+            ),
+            None => tracing::event!(
+                target: "portcullis::outcome",
+                tracing::Level::INFO,
+                { field::EVENT_ID } = facts.event_id.as_str(),
+                { field::DEST_HOST } = facts.dest_host.as_str(),
+                { field::STATUS } = facts.status.unwrap_or(0),
+                { field::BYTES_IN } = facts.bytes_in,
+                { field::BYTES_OUT } = facts.bytes_out,
+                { field::DURATION_MS } = facts.duration_ms,
+                { field::TOKENS_IN } = facts.tokens_in.unwrap_or(0),
+                { field::TOKENS_OUT } = facts.tokens_out.unwrap_or(0),
+                { field::END } = facts.end.as_str(),
+                "outcome"
+            ),
+        }
+        // Usually the queue has room: the record is queued in order and nobody waits
+        // for it (shutdown writes what is queued before it closes the ledger).
+        let facts = match self.ledger.submit_outcome(facts) {
+            Submitted::Queued => {
+                self.outcomes.done();
+                return;
+            }
+            Submitted::Failed(e) => {
+                tracing::error!(error = %e.full_message(), "outcome record could not be written");
+                self.outcomes.done();
+                return;
+            }
+            Submitted::Full(facts) => *facts,
+        };
+        // A full queue. Drop runs outside async code, and the client is already
+        // answered: the retry goes on in the background, tracked so shutdown waits for it.
         let outcomes = self.outcomes.clone();
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::error!("no runtime: outcome record lost");

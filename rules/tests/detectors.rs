@@ -255,10 +255,16 @@ fn redacted_sse() -> String {
     sse_with(std::str::from_utf8(REDACTED).unwrap_or_default())
 }
 
+/// Feeds `chunks` the way the proxy does: a chunk that passes unchanged goes out as it is,
+/// any other through `push`. So every split below checks the fast path too.
 fn run(redactor: &mut Redactor, chunks: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for chunk in chunks {
-        out.extend(redactor.push(chunk));
+        if redactor.passes_unchanged(chunk) {
+            out.extend_from_slice(chunk);
+        } else {
+            out.extend(redactor.push(chunk));
+        }
     }
     out.extend(redactor.finish());
     out
@@ -323,6 +329,17 @@ fn ordinary_sse_events_are_emitted_at_once_without_holding_bytes_back() {
     assert_eq!(out, b"data: the prefix ".to_vec());
     assert_eq!(r.pending_len(), "sk-pro".len());
     assert_eq!(r.finish(), b"sk-pro".to_vec(), "not a key after all");
+}
+
+#[test]
+fn only_chunks_with_nothing_to_redact_or_hold_pass_unchanged() {
+    let mut r = Redactor::new(&vault());
+    assert!(r.passes_unchanged(b"data: {\"content\":\"Hello world\"}\n\n"));
+    assert!(!r.passes_unchanged(format!("the key is {VAULT_KEY} ok").as_bytes()));
+    assert!(!r.passes_unchanged(b"ends in a key prefix sk-pro"));
+    // Something held back: the next chunk must go through `push` to release it.
+    assert!(r.push(b"data: sk-pro").len() < b"data: sk-pro".len());
+    assert!(!r.passes_unchanged(b" plain"));
 }
 
 #[test]

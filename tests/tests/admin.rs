@@ -211,7 +211,7 @@ async fn metrics_parse_and_move_with_allowed_denied_and_streamed_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_one_decision_line_per_request_with_the_ledgers_field_names() {
+async fn json_logs_carry_one_line_per_request_with_the_ledgers_field_names() {
     use tokio::io::AsyncWriteExt;
     let pki = OriginPki::new();
     let origin = Origin::start_tls(&pki).await;
@@ -243,6 +243,20 @@ async fn json_logs_carry_one_decision_line_per_request_with_the_ledgers_field_na
     let mut tls = tls_client(s, &roots, "api.openai.com", &[b"http/1.1"])
         .await
         .unwrap();
+    // First an allowed request on the same connection: it gets one line too, written when
+    // it ends, with its decision and its outcome together.
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    tls.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.write_all(body).await.unwrap();
+    assert_eq!(read_response_keep_open(&mut tls).await.status, 200);
     tls.write_all(
         b"GET /v1/nope?secret=query HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n",
     )
@@ -268,6 +282,19 @@ async fn json_logs_carry_one_decision_line_per_request_with_the_ledgers_field_na
     assert_eq!(d["reason"], "path_not_allowed");
     assert_eq!(d["decision"], "deny");
     assert!(!logs.contains("secret=query"), "the query reached the logs");
+
+    let allowed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["path_template"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(allowed.len(), 1, "one line for the allowed request: {logs}");
+    let a = allowed[0];
+    assert_eq!(a["target"], "portcullis::outcome");
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["model"], "gpt-4o-mini");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["end"], "complete");
+    assert_eq!(a["agent"], AGENT);
 }
 
 #[tokio::test]

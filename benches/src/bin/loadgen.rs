@@ -73,6 +73,9 @@ struct Args {
     h2: bool,
     workloads: Vec<Workload>,
     bin: PathBuf,
+    /// Proxy on CPU 0, this process (client and origin) on the rest, so the proxy's CPU
+    /// time is its own and not shared with the load it serves.
+    pin: bool,
 }
 
 fn args() -> Result<Args> {
@@ -82,6 +85,7 @@ fn args() -> Result<Args> {
         h2: false,
         workloads: vec![Workload::KeepAlive],
         bin: default_bin(),
+        pin: std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,6 +94,7 @@ fn args() -> Result<Args> {
             "--duration" => a.duration = Duration::from_secs_f64(val()?.parse()?),
             "--conns" => a.conns = val()?.parse()?,
             "--h2" => a.h2 = true,
+            "--no-pin" => a.pin = false,
             "--proxy-bin" => a.bin = PathBuf::from(val()?),
             "--workload" => {
                 a.workloads = match val()?.as_str() {
@@ -115,7 +120,9 @@ fn args() -> Result<Args> {
                      --conns N         concurrent connections (default 16)\n\
                      --h2              HTTP/2 inside the tunnel (default HTTP/1.1)\n\
                      --workload W      keepalive | newconn | big | sse | mint | all (default keepalive)\n\
-                     --proxy-bin PATH  the portcullis binary (default: beside this one)"
+                     --proxy-bin PATH  the portcullis binary (default: beside this one)\n\
+                     --no-pin          do not pin (default with 2+ CPUs: the proxy on CPU 0,\n\
+                     \x20                 client and origin on the others, with taskset)"
                 );
                 std::process::exit(0);
             }
@@ -200,7 +207,13 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &Path, origin: SocketAddr, pki: &OriginPki, sync: &str) -> Result<Proxy> {
+    fn start(
+        bin: &Path,
+        origin: SocketAddr,
+        pki: &OriginPki,
+        sync: &str,
+        pin: bool,
+    ) -> Result<Proxy> {
         use std::io::BufRead;
         let dir = tempfile::tempdir()?;
         let cfg = format!(
@@ -242,7 +255,14 @@ hosts = ["*.bench.test"]
         );
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, cfg)?;
-        let mut child = std::process::Command::new(bin)
+        let mut cmd = if pin {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "0"]).arg(bin);
+            c
+        } else {
+            std::process::Command::new(bin)
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&path)
             .env("PORTCULLIS_LOG", "warn")
@@ -576,20 +596,47 @@ fn line(label: &str, f: &Figures, direct: Option<&Figures>, cpu: Option<(f64, u6
     }
 }
 
+/// Move every thread of this process (client, origin, runtime) to CPUs 1.., leaving CPU 0
+/// to the proxy.
+fn pin_self_off_cpu0() -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let list = format!("1-{}", cpus.saturating_sub(1).max(1));
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &list, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) pins the run; pass --no-pin to skip")?;
+    if !status.success() {
+        bail!("taskset could not pin this process to CPUs {list}; pass --no-pin to skip");
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
+    if a.pin {
+        pin_self_off_cpu0()?;
+    }
     let pki = OriginPki::new();
     let origin = origin(&pki).await;
     println!(
-        "# portcullis-loadgen: {} conns, {}, {:?} per run, origin {origin}",
+        "# portcullis-loadgen: {} conns, {}, {:?} per run, origin {origin}, {}",
         a.conns,
         if a.h2 { "h2" } else { "http/1.1" },
-        a.duration
+        a.duration,
+        if a.pin {
+            "proxy pinned to CPU 0, client and origin on the rest"
+        } else {
+            "not pinned"
+        }
     );
     let proxies = [
-        ("always", Proxy::start(&a.bin, origin, &pki, "always")?),
-        ("batch", Proxy::start(&a.bin, origin, &pki, "batch")?),
+        (
+            "always",
+            Proxy::start(&a.bin, origin, &pki, "always", a.pin)?,
+        ),
+        ("batch", Proxy::start(&a.bin, origin, &pki, "batch", a.pin)?),
     ];
     for w in &a.workloads {
         println!("{}:", w.name());

@@ -337,7 +337,7 @@ impl WriterState {
     ) -> Result<Appended, LedgerError> {
         let seq = self.next_seq;
         let ts = format::format_ts(wall);
-        let prev = hex::encode(self.head);
+        let prev = format::hex_string(&self.head);
         let hash = match input {
             RecordInput::Decision(f) => self.push(&DecisionRecord {
                 seq,
@@ -398,7 +398,7 @@ impl WriterState {
         };
         Ok(Appended {
             seq,
-            hash: hex::encode(hash),
+            hash: format::hex_string(&hash),
         })
     }
 

@@ -349,6 +349,10 @@ where
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        // The common case: nothing to redact or hold, so no copy.
+                        if this.redactor.passes_unchanged(&data) {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
                         let out = this.redactor.push(&data);
                         if out.is_empty() {
                             // Held back as a possible secret prefix; read on.

@@ -81,7 +81,9 @@ async fn run(
     // record: the decision is durable before anything leaves (audit before
     // act). The outcome guard is armed first: a client that goes away while
     // the record is written still leaves an outcome beside its allow.
-    let guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
+    let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
+    // One log line per request: the guard writes it when the request ends.
+    guard.log_decision_with_outcome(rec);
     if !rec.is_committed() {
         let waited = tokio::time::Instant::now();
         if rec

@@ -52,6 +52,24 @@ impl Redactor {
         self.drain(false)
     }
 
+    /// Is `chunk` safe to emit exactly as it is? True when nothing is held back and the
+    /// chunk holds no key-format prefix, no vault value, and no tail that could start
+    /// one. Then the caller sends the chunk itself, with no copy; otherwise it calls
+    /// [`Redactor::push`]. The answer never differs from what `push` would emit.
+    pub fn passes_unchanged(&mut self, chunk: &[u8]) -> bool {
+        let clean = self.pending.is_empty()
+            && PREFIXES.candidates(chunk).is_empty()
+            && self.vault.find(chunk).is_empty()
+            && PREFIXES.partial_tail(chunk).is_none()
+            && self.vault.partial_tail(chunk).is_none();
+        if clean {
+            if let Some(&last) = chunk.last() {
+                self.before = Some(last);
+            }
+        }
+        clean
+    }
+
     /// The end of the stream: returns everything still held, redacted.
     pub fn finish(&mut self) -> Vec<u8> {
         self.drain(true)
