@@ -53,6 +53,8 @@ enum Workload {
     /// A never-seen host per connection: CONNECT and a TLS handshake with a
     /// freshly minted leaf (proxy only; nothing is sent upstream).
     Mint,
+    /// `--conns` connections that each made one request, then sit idle: memory each.
+    Idle,
 }
 
 impl Workload {
@@ -63,6 +65,7 @@ impl Workload {
             Workload::Big => "64 KiB responses",
             Workload::Sse => "SSE time to first event",
             Workload::Mint => "never-seen host per connection (leaf minted)",
+            Workload::Idle => "idle intercepted keep-alive connections (memory each)",
         }
     }
 }
@@ -103,6 +106,7 @@ fn args() -> Result<Args> {
                     "big" => vec![Workload::Big],
                     "sse" => vec![Workload::Sse],
                     "mint" => vec![Workload::Mint],
+                    "idle" => vec![Workload::Idle],
                     "all" => vec![
                         Workload::KeepAlive,
                         Workload::NewConn,
@@ -110,7 +114,9 @@ fn args() -> Result<Args> {
                         Workload::Sse,
                         Workload::Mint,
                     ],
-                    w => bail!("unknown workload {w}: keepalive, newconn, big, sse, mint or all"),
+                    w => bail!(
+                        "unknown workload {w}: keepalive, newconn, big, sse, mint, idle or all"
+                    ),
                 }
             }
             "-h" | "--help" => {
@@ -119,7 +125,8 @@ fn args() -> Result<Args> {
                      --duration SECS   per run (default 5)\n\
                      --conns N         concurrent connections (default 16)\n\
                      --h2              HTTP/2 inside the tunnel (default HTTP/1.1)\n\
-                     --workload W      keepalive | newconn | big | sse | mint | all (default keepalive)\n\
+                     --workload W      keepalive | newconn | big | sse | mint | idle | all (default keepalive;\n\
+                     \x20                 idle holds --conns connections open, e.g. --conns 10000)\n\
                      --proxy-bin PATH  the portcullis binary (default: beside this one)\n\
                      --no-pin          do not pin (default with 2+ CPUs: the proxy on CPU 0,\n\
                      \x20                 client and origin on the others, with taskset)"
@@ -224,6 +231,9 @@ bind = "127.0.0.1:0"
 auth = "basic"
 [admin]
 bind = "127.0.0.1:0"
+[limits]
+# The idle workload holds thousands of connections of one agent.
+max_connections_per_agent = 1000000
 [ca]
 dir = "ca"
 [ledger]
@@ -441,6 +451,84 @@ async fn one(s: &mut Sender, w: Workload) -> Result<(Duration, u64)> {
     Ok((took, bytes))
 }
 
+/// Open `n` intercepted connections through `p`, one request each, hold them idle, and
+/// report what each costs the proxy in resident memory.
+async fn idle(p: &Proxy, sync: &str, n: usize, h2: bool) -> Result<()> {
+    let limit = open_files_limit();
+    if n + 256 > limit {
+        bail!("--conns {n} needs more open files than this process may have ({limit}); raise `ulimit -n`");
+    }
+    let via = Via {
+        dial: p.addr,
+        proxied: true,
+        tls: connector(&p.ca, h2),
+    };
+    // Warm: the leaf, the upstream connection and the allocator's first pages.
+    let mut warm = handshake(&via, h2).await?;
+    one(&mut warm, Workload::KeepAlive).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = p.rss();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let mut openers = Vec::new();
+    for _ in 0..64 {
+        let (via, held, next) = (via.clone(), held.clone(), next.clone());
+        openers.push(tokio::spawn(async move {
+            let (mut failed, mut first_error) = (0u64, None);
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let opened = async {
+                    let mut s = handshake(&via, h2).await?;
+                    one(&mut s, Workload::KeepAlive).await?;
+                    anyhow::Ok(s)
+                };
+                match opened.await {
+                    Ok(s) => held.lock().await.push(s),
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            (failed, first_error)
+        }));
+    }
+    let (mut failed, mut first_error) = (0u64, None);
+    for o in openers {
+        let (f, e) = o.await?;
+        failed += f;
+        first_error = first_error.or(e);
+    }
+    if let Some(e) = first_error {
+        println!(
+            "  {:<14} {failed} connections failed to open; first error: {e}",
+            ""
+        );
+    }
+    // Let buffers that are freed after a request settle before reading RSS.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = p.rss();
+    let count = held.lock().await.len();
+    let grew = after.saturating_sub(before);
+    println!(
+        "  sync={sync:<9} {count} idle connections: proxy RSS {before} -> {after} KiB, {:.1} KiB each",
+        grew as f64 / count.max(1) as f64
+    );
+    held.lock().await.clear();
+    drop(warm);
+    Ok(())
+}
+
+/// The soft limit on open files, from `/proc/self/limits`.
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
 struct Figures {
     requests: u64,
     errors: u64,
@@ -640,6 +728,12 @@ async fn main() -> Result<()> {
     ];
     for w in &a.workloads {
         println!("{}:", w.name());
+        if *w == Workload::Idle {
+            for (sync, p) in &proxies {
+                idle(p, sync, a.conns, a.h2).await?;
+            }
+            continue;
+        }
         // Minting has no direct counterpart: the origin has no leaf per host.
         let direct = if *w == Workload::Mint {
             None

@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Header that carries the guard's verdict on a synthetic request.
 pub const FRAMING_HEADER: &str = "x-portcullis-framing";
 
-const IN_BUF: usize = 16 * 1024;
+/// Raw read size. hyper's own read buffer starts at 8 KiB too; bigger buys nothing (the
+/// TLS layer below buffers whole records) and costs every idle connection.
+const IN_BUF: usize = 8 * 1024;
 const MAX_CHUNK_LINE: usize = 1024;
 const MAX_HEADERS: usize = 128;
 
@@ -521,6 +523,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     )))
                 }
                 State::Passthrough if this.in_pos == this.in_len => {
+                    // A tunnel reads straight into the caller's buffer from here on: give
+                    // back the guard's buffers, which every open tunnel would keep.
+                    if !this.inbuf.is_empty() {
+                        this.inbuf = Box::default();
+                        this.head = Vec::new();
+                        this.out = Vec::new();
+                        this.in_pos = 0;
+                        this.in_len = 0;
+                    }
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
                 }
                 State::Passthrough => {
