@@ -48,3 +48,23 @@ fn the_load_generator_runs_every_workload_over_http1_direct_and_through_the_prox
 fn the_load_generator_runs_every_workload_over_http2() {
     assert_clean(&loadgen(&["--h2"]));
 }
+
+#[test]
+fn the_idle_workload_holds_every_connection_and_reports_memory_per_connection() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-loadgen"))
+        .args(["--conns", "40", "--workload", "idle", "--proxy-bin"])
+        .arg(portcullis_tests::portcullis_bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    for sync in ["always", "batch"] {
+        assert!(
+            text.lines().any(|l| l.contains(&format!("sync={sync}"))
+                && l.contains(" 40 idle connections")
+                && l.contains("KiB each")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("failed to open"), "{text}");
+}
