@@ -137,6 +137,11 @@ impl RunningProxy {
         if !self.ctx.outcomes.settled(OUTCOME_FLUSH).await {
             tracing::error!("outcome records still pending at shutdown");
         }
+        // The refusals counted since the last window closed.
+        self.ctx
+            .refusals
+            .flush(&self.ledger, &self.ctx.policy.load())
+            .await;
         // The final checkpoint anchors everything written so far.
         if let Err(e) = self.ledger.shutdown().await {
             tracing::error!(error = %e.full_message(), "ledger shutdown failed");
@@ -341,6 +346,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),
+        refusals: Default::default(),
         certs,
         upstream,
         limits: Limits {
@@ -390,6 +396,22 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         }),
         admin_listener,
     ));
+
+    // Each window's counted refusals become aggregate records when it closes.
+    let flush_ctx = ctx.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(crate::refusals::WINDOW);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = flush_ctx.reached(Phase::Draining) => break,
+            }
+            let snap = flush_ctx.policy.load();
+            flush_ctx.refusals.flush(&flush_ctx.ledger, &snap).await;
+        }
+    });
 
     if let Some(path) = settings.config_path.clone() {
         let stop_ctx = ctx.clone();

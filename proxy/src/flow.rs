@@ -113,16 +113,27 @@ pub struct Flow {
 /// connection limit, and its place in `portcullis_active_connections`. Both
 /// are released when the last piece of work on the connection ends.
 pub struct ConnSlot {
+    /// The client's address (recorded on refusals made before anyone was identified).
+    peer: IpAddr,
     _permit: OwnedSemaphorePermit,
     _gauge: ConnectionGauge,
 }
 
 impl ConnSlot {
-    pub fn new(permit: OwnedSemaphorePermit, gauge: ConnectionGauge) -> Arc<ConnSlot> {
+    pub fn new(
+        peer: IpAddr,
+        permit: OwnedSemaphorePermit,
+        gauge: ConnectionGauge,
+    ) -> Arc<ConnSlot> {
         Arc::new(ConnSlot {
+            peer,
             _permit: permit,
             _gauge: gauge,
         })
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 }
 

@@ -102,6 +102,7 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod record;
+mod refusals;
 mod rescue;
 mod state;
 mod tls;

@@ -110,7 +110,7 @@ pub async fn rescue(ctx: &Ctx, rec: &mut RequestRecord, refusal: Refusal) -> Res
     if !rec.is_committed() {
         rec.decision = refusal.decision.clone();
         if rec
-            .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+            .commit_refusal(&ctx.ledger, &ctx.metrics, &ctx.webhooks, &ctx.refusals)
             .await
             .is_err()
         {

@@ -61,7 +61,7 @@ pub async fn accept_loop(
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer, listener = %info.name);
-        let slot = ConnSlot::new(permit, ctx.metrics.connection_opened(&info.name));
+        let slot = ConnSlot::new(peer.ip(), permit, ctx.metrics.connection_opened(&info.name));
         match info.mode {
             ListenerMode::Forward => {
                 tokio::spawn(forward::serve(ctx.clone(), info.clone(), tcp, slot, span));

@@ -29,6 +29,7 @@ pub async fn drive(ctx: Arc<Ctx>, flow: Arc<Flow>, req: Request<Incoming>) -> Re
     // One snapshot per request: a reload mid-request cannot change its rules.
     let snap = ctx.policy.load();
     let mut rec = RequestRecord::new(&snap, &flow.listener);
+    rec.peer = Some(flow.slot.peer());
     rec.method = Some(req.method().as_str().to_owned());
     match run(&ctx, &flow, &snap, &mut rec, req).await {
         Ok(resp) => resp,

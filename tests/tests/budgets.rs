@@ -1,0 +1,170 @@
+//! Budgets that keep one abuser from exhausting what every tenant needs: the
+//! ledger's records for refusals nobody was identified for, and connections
+//! per peer address.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portcullis_ledger::{verify, VerifyOptions};
+use portcullis_tests::extra::ledger_dump;
+use portcullis_tests::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const CHAT: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: 68\r\n\r\n{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi!\"}]}";
+
+/// A TCP connection to `to` from the loopback address `from` (any of 127/8).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+fn peer_records<'a>(records: &'a [Value], peer: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["peer"] == peer)
+        .collect()
+}
+
+/// Each record stands for `count` refusals, one when absent.
+fn refusals_recorded(records: &[&Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_requests_is_recorded_at_a_bounded_rate_with_an_exact_count() {
+    let (proxy, origin, _pki) = TestProxy::with_origin(DEFAULT_ROUTES).await;
+    const CONNECTS: u64 = 1000;
+    const PLAIN: u64 = 4000;
+    let addr = proxy.addr;
+    // 1 000 CONNECTs without credentials, each on its own connection (a refused
+    // CONNECT closes), and 4 000 plain requests with none or a wrong one, on
+    // eight keep-alive connections.
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..CONNECTS / 4 {
+                let mut s = connect_from("127.0.0.1", addr).await;
+                s.write_all(
+                    b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let r = read_response_keep_open(&mut s).await;
+                assert_eq!(r.status, 407, "{}", r.head);
+            }
+            w
+        }));
+    }
+    for w in 0..8u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect_from("127.0.0.1", addr).await;
+            for i in 0..PLAIN / 8 {
+                let auth = if i % 2 == 0 {
+                    String::new()
+                } else {
+                    format!("Proxy-Authorization: Basic {}\r\n", basic(AGENT, "wrong"))
+                };
+                s.write_all(
+                    format!("GET http://api.openai.com/v1/models HTTP/1.1\r\nHost: api.openai.com\r\n{auth}\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let r = read_response_keep_open(&mut s).await;
+                assert_eq!(r.status, 407, "{}", r.head);
+                assert_eq!(r.error_code(), "auth_failed");
+            }
+            w
+        }));
+    }
+    // Meanwhile an identified agent on the same address is served and recorded.
+    let served = proxy.h1_request("api.openai.com:443", CHAT).await;
+    assert_eq!(served.status, 200);
+    let served_id = served.header("x-portcullis-event-id").unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // And a wrong token from another address still gets its own record.
+    let mut other = connect_from("127.0.0.2", addr).await;
+    other
+        .write_all(
+            format!(
+                "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                basic(AGENT, "wrong")
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let r = read_response_keep_open(&mut other).await;
+    assert_eq!(r.status, 407);
+    let other_id = r.header("x-portcullis-event-id").unwrap();
+    drop(other);
+    let after = proxy.h1_request("api.openai.com:443", CHAT).await;
+    assert_eq!(after.status, 200, "still served after the flood");
+    assert_eq!(origin.seen().len(), 2);
+
+    let ledger_dir = proxy.ledger_dir.clone();
+    // Shutdown writes the aggregate of the window still open.
+    let _dir = proxy.shutdown().await;
+    let records = ledger_records(&ledger_dir);
+    let flood = peer_records(&records, "127.0.0.1");
+    assert_eq!(
+        refusals_recorded(&flood),
+        CONNECTS + PLAIN,
+        "every refusal is accounted for exactly"
+    );
+    // Bounded: 20 records one by one per 10 s window, plus one aggregate per
+    // listener and reason, where a record per refusal would be 5 000.
+    assert!(flood.len() <= 100, "{} records for the flood", flood.len());
+    let aggregates: Vec<_> = flood.iter().filter(|r| r["count"].is_u64()).collect();
+    assert!(!aggregates.is_empty());
+    for a in &aggregates {
+        assert_eq!(a["reason"], "auth_failed");
+        assert_eq!(a["decision"], "deny");
+        assert_eq!(a["listener"], "forward");
+        assert!(a.get("tenant").is_none() && a.get("agent").is_none(), "{a}");
+    }
+    assert!(flood.iter().all(|r| r["reason"] == "auth_failed"));
+    // The other address's one refusal is its own record.
+    let other = peer_records(&records, "127.0.0.2");
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert_eq!(other[0]["event_id"], other_id.as_str());
+    assert!(other[0].get("count").is_none());
+    // The identified requests are recorded as ever, without a peer.
+    let allow = records
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["event_id"] == served_id.as_str())
+        .unwrap_or_else(|| panic!("{}", ledger_dump(&ledger_dir)));
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["agent"], AGENT);
+    assert!(allow.get("peer").is_none());
+    let outcome = verify(
+        &ledger_dir,
+        &VerifyOptions {
+            strict: true,
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(outcome.is_intact(), "{outcome}");
+}
+
+/// Reads until the peer closes or 2 s pass; true when it closed.
+async fn closes(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
