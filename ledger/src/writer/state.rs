@@ -27,6 +27,9 @@ pub(crate) type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
 /// While the disk is full, the writer tries to write again this often.
 const OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... once at least this much is free, so that a disk at the brink does not flap between
+/// a recovery record and the next failure.
+const RESUME_HEADROOM: u64 = 1024 * 1024;
 
 /// The chain as far as it is on disk: where a failed write is rolled back to.
 #[derive(Clone, Copy)]
@@ -458,6 +461,11 @@ impl WriterState {
         };
         outage.next_try = now + OUTAGE_RETRY;
         let (since, writer_refused) = (outage.since, outage.refused);
+        if let Ok(st) = rustix::fs::fstatvfs(&self.seg.file) {
+            if st.f_bavail.saturating_mul(st.f_frsize) < RESUME_HEADROOM {
+                return;
+            }
+        }
         let on_disk = match self.seg.file.metadata() {
             Ok(m) => m.len(),
             Err(e) => {
