@@ -30,6 +30,8 @@ use crate::webhook::{DeliveryResult, WebhookOptions, WebhookSender, Webhooks};
 
 /// A spliced tunnel or WebSocket session with no traffic for this long closes.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a request body waits for inspection memory before `503 memory_budget`.
+const INSPECT_MEMORY_WAIT: Duration = Duration::from_secs(1);
 /// After the grace period, how long dropped connections get to write their
 /// outcome records before the ledger is sealed.
 const OUTCOME_FLUSH: Duration = Duration::from_secs(5);
@@ -347,6 +349,12 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),
         refusals: Default::default(),
+        memory: crate::memory::InspectMemory::new(
+            cfg.limits.inspect_memory,
+            cfg.limits.inspect_memory_per_tenant,
+            cfg.limits.max_inspect_body,
+            INSPECT_MEMORY_WAIT,
+        ),
         certs,
         upstream,
         limits: Limits {

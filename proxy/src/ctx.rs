@@ -63,6 +63,8 @@ pub struct Ctx {
     pub webhooks: Webhooks,
     pub ledger: Ledger,
     pub outcomes: Outcomes,
+    /// Bytes of request bodies held for inspection, per tenant and in all.
+    pub memory: crate::memory::InspectMemory,
     /// The per-peer recording rate of refusals made before anyone was identified.
     pub refusals: crate::refusals::Refusals,
     pub certs: LeafCache,

@@ -98,6 +98,7 @@ mod flow;
 pub mod fuzzing;
 mod identity;
 mod listen;
+mod memory;
 mod metrics;
 mod pipeline;
 mod policy;

@@ -214,9 +214,10 @@ pub fn status_for(reason: Reason) -> StatusCode {
         | Reason::UpstreamError
         | Reason::ResolveFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Reason::LedgerUnavailable | Reason::StateUnavailable | Reason::KeyUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Reason::LedgerUnavailable
+        | Reason::StateUnavailable
+        | Reason::KeyUnavailable
+        | Reason::MemoryBudget => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -256,6 +257,7 @@ mod tests {
         (Reason::LedgerUnavailable, 503),
         (Reason::StateUnavailable, 503),
         (Reason::ConnectionLimit, 429),
+        (Reason::MemoryBudget, 503),
         (Reason::KeyUnavailable, 503),
         (Reason::ModelNotAllowed, 403),
         (Reason::OperationNotAllowed, 403),

@@ -97,6 +97,8 @@ async fn run(
     }
     // inject (apply): the agent's credentials out, the provider key in.
     let (mut bound, mut inspected) = (bound, inspected);
+    // The read body's memory is held until the request has gone upstream.
+    let _memory = std::mem::take(&mut inspected.memory);
     if let Some(injection) = injection {
         inject::apply(
             &mut inspected.parts,
