@@ -168,3 +168,93 @@ async fn closes(s: &mut TcpStream) -> bool {
         }
     }
 }
+
+const MIB: usize = 1024 * 1024;
+
+/// A POST of `len` bytes to api.anthropic.com, head and the first `send` bytes only.
+async fn start_post(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    len: usize,
+    send: usize,
+) {
+    tls.write_all(
+        format!("POST /v1/blob HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.write_all(&vec![b'x'; send]).await.unwrap();
+    tls.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_large_bodies_past_its_memory_budget_get_503_while_another_tenant_is_served() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES).replace(
+        "[limits]\n",
+        "[limits]\nmax_inspect_body = 1048576\ninspect_memory_per_tenant = 2097152\ninspect_memory = 8388608\n",
+    );
+    let proxy = TestProxy::start(&cfg, dir).await;
+    // Tenant acme: four 1 MiB bodies at once, each held at 900 KiB, so the
+    // buffers stay in memory. Two fit its 2 MiB; the others wait, then get 503.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut tls = proxy
+            .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"http/1.1"])
+            .await;
+        start_post(&mut tls, MIB, 900 * 1024).await;
+        held.push(tls);
+    }
+    // Meanwhile tenant globex sends a whole large body and is served.
+    let tcp = proxy
+        .connect("api.anthropic.com:443", Some((OTHER_AGENT, OTHER_TOKEN)))
+        .await
+        .unwrap();
+    let mut other = tls_client(tcp, &proxy.ca_roots, "api.anthropic.com", &[b"http/1.1"])
+        .await
+        .unwrap();
+    start_post(&mut other, 900 * 1024, 900 * 1024).await;
+    let served = read_response(&mut other).await;
+    assert_eq!(served.status, 200, "{}", served.head);
+
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for mut tls in held {
+        match tokio::time::timeout(Duration::from_secs(3), read_response_keep_open(&mut tls)).await
+        {
+            Ok(r) => {
+                assert_eq!(r.status, 503, "{}", r.head);
+                assert_eq!(r.error_code(), "memory_budget");
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+                refused += 1;
+            }
+            // Still reading this body: it got its memory.
+            Err(_) => waiting.push(tls),
+        }
+    }
+    assert_eq!(refused, 2, "two of the four fit the tenant's budget");
+    // The two that fit finish and are forwarded; their memory comes back.
+    for tls in &mut waiting {
+        tls.write_all(&vec![b'x'; MIB - 900 * 1024]).await.unwrap();
+        let r = read_response_keep_open(tls).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    drop(waiting);
+    let mut again = proxy
+        .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"http/1.1"])
+        .await;
+    start_post(&mut again, MIB, MIB).await;
+    let r = read_response(&mut again).await;
+    assert_eq!(r.status, 200, "the budget is given back: {}", r.head);
+    assert_eq!(origin.seen().len(), 4);
+    let records = ledger_records(&proxy.ledger_dir);
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["reason"] == "memory_budget")
+        .collect();
+    assert_eq!(denied.len(), 2, "{}", ledger_dump(&proxy.ledger_dir));
+    assert!(denied.iter().all(|r| r["tenant"] == "acme" && r["decision"] == "deny"));
+    proxy.shutdown().await;
+}
