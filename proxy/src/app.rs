@@ -339,6 +339,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         webhooks,
         vault: vault_scanner,
         agent_conns: Arc::default(),
+        peer_conns: Arc::default(),
         detect_pool: Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         ),
@@ -365,6 +366,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             handshake_timeout: cfg.limits.client_header_timeout,
             relay_idle_timeout: RELAY_IDLE_TIMEOUT,
             max_connections_per_agent: cfg.limits.max_connections_per_agent,
+            max_connections_per_peer: cfg.limits.max_connections_per_peer,
         },
         tls: TlsServer {
             provider: Arc::new(rustls::crypto::ring::default_provider()),

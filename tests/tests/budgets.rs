@@ -172,11 +172,7 @@ async fn closes(s: &mut TcpStream) -> bool {
 const MIB: usize = 1024 * 1024;
 
 /// A POST of `len` bytes to api.anthropic.com, head and the first `send` bytes only.
-async fn start_post(
-    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
-    len: usize,
-    send: usize,
-) {
+async fn start_post(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, len: usize, send: usize) {
     tls.write_all(
         format!("POST /v1/blob HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n")
             .as_bytes(),
@@ -255,6 +251,141 @@ async fn one_tenants_large_bodies_past_its_memory_budget_get_503_while_another_t
         .filter(|r| r["kind"] == "decision" && r["reason"] == "memory_budget")
         .collect();
     assert_eq!(denied.len(), 2, "{}", ledger_dump(&proxy.ledger_dir));
-    assert!(denied.iter().all(|r| r["tenant"] == "acme" && r["decision"] == "deny"));
+    assert!(denied
+        .iter()
+        .all(|r| r["tenant"] == "acme" && r["decision"] == "deny"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_connections_than_its_cap_before_identification() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES)
+        .replace("[limits]\n", "[limits]\nmax_connections_per_peer = 3\n");
+    let proxy = TestProxy::start(&cfg, dir).await;
+    // Three tunnels from 127.0.0.1 hold its three slots.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            proxy
+                .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))
+                .await
+                .unwrap(),
+        );
+    }
+    // A fourth connection from that address is closed before it is read,
+    // whatever it would have said.
+    let mut fourth = connect_from("127.0.0.1", proxy.addr).await;
+    let _ = fourth
+        .write_all(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n\r\n")
+        .await;
+    assert!(
+        closes(&mut fourth).await,
+        "the fourth connection stayed open"
+    );
+    // Another address is unaffected.
+    let mut other = connect_from("127.0.0.2", proxy.addr).await;
+    other
+        .write_all(
+            format!(
+                "CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                basic(AGENT, TOKEN)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(read_head(&mut other).await.starts_with("HTTP/1.1 200"));
+    // Closing a connection gives its slot back.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            proxy.connect("api.anthropic.com:443", Some((AGENT, TOKEN))),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
+                open.push(s);
+                break;
+            }
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => panic!("the closed connection's slot never came back"),
+        }
+    }
+    let ledger_dir = proxy.ledger_dir.clone();
+    drop((open, other));
+    let _dir = proxy.shutdown().await;
+    let records = ledger_records(&ledger_dir);
+    let refused = peer_records(&records, "127.0.0.1");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["reason"] == "connection_limit" && r["decision"] == "deny"),
+        "{}",
+        ledger_dump(&ledger_dir)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_connections_count_against_the_agents_cap_and_others_are_unaffected() {
+    let pki = OriginPki::new();
+    let origin = Origin::start_tls(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{DEFAULT_ROUTES}\n[[listeners]]\nname = \"gateway\"\nbind = \"127.0.0.1:0\"\nmode = \"gateway\"\n"
+    );
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), &routes)
+        .replace("[limits]\n", "[limits]\nmax_connections_per_agent = 2\n");
+    let proxy = TestProxy::start(&cfg, dir).await;
+    let gw = proxy.proxy.as_ref().unwrap().addr("gateway").unwrap();
+    let get = |token: &str| {
+        format!("GET /anthropic/v1/models HTTP/1.1\r\nHost: gateway\r\nx-api-key: {token}\r\n\r\n")
+    };
+    // Two connections of the agent, each used twice: two slots, not four.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw).await.unwrap();
+        for _ in 0..2 {
+            s.write_all(get(TOKEN).as_bytes()).await.unwrap();
+            let r = read_response_keep_open(&mut s).await;
+            assert_eq!(r.status, 200, "{}", r.head);
+        }
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(gw).await.unwrap();
+    third.write_all(get(TOKEN).as_bytes()).await.unwrap();
+    let r = read_response(&mut third).await;
+    assert_eq!(r.status, 429, "{}", r.head);
+    assert_eq!(r.error_code(), "connection_limit");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(r.closed);
+    // Another agent is unaffected.
+    let mut other = TcpStream::connect(gw).await.unwrap();
+    other.write_all(get(OTHER_TOKEN).as_bytes()).await.unwrap();
+    assert_eq!(read_response_keep_open(&mut other).await.status, 200);
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(gw).await.unwrap();
+        s.write_all(get(TOKEN).as_bytes()).await.unwrap();
+        let r = read_response_keep_open(&mut s).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.seen().len(), 6);
     proxy.shutdown().await;
 }

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use portcullis_rules::Action;
 
 use crate::ctx::Ctx;
-use crate::flow::Flow;
+use crate::flow::{Entry, Flow};
 use crate::http::body::ProxyBody;
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::{ledger_unavailable, rescue, Refusal};
@@ -47,6 +47,18 @@ async fn run(
     // bind: framing verdict, who is calling, where it goes, Host == target, and
     // one canonical path, so policy and upstream see the same request.
     let (bound, req) = bind::bind(flow, snap, rec, req)?;
+    // A gateway connection counts against its agent's cap, as a tunnel does.
+    if matches!(flow.entry, Entry::Gateway { .. })
+        && !flow.slot.hold_agent(
+            &ctx.agent_conns,
+            &bound.who.agent,
+            ctx.limits.max_connections_per_agent,
+        )
+    {
+        return Err(Refusal::deny(portcullis_rules::Reason::ConnectionLimit)
+            .retry_after(std::time::Duration::from_secs(1))
+            .close());
+    }
     // inspect + decide: one bounded read, one strict parse; classification,
     // detectors, the route walk and narrowing all read that one parse.
     let inspected = inspect::inspect(ctx, snap, rec, &bound, req).await?;
