@@ -171,5 +171,7 @@ fn facts(writer: usize, _i: usize) -> DecisionFacts {
         narrowed: vec![],
         key_id: Some("openai-main".into()),
         approver: None,
+        peer: None,
+        count: None,
     }
 }

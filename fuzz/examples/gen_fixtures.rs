@@ -401,6 +401,8 @@ fn decision(i: u64) -> DecisionFacts {
         narrowed: vec!["max_tokens".into()],
         key_id: Some("openai/prod@v2".into()),
         approver: None,
+        peer: None,
+        count: None,
     }
 }
 

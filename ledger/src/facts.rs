@@ -49,6 +49,10 @@ pub struct DecisionFacts {
     pub key_id: Option<String>,
     /// Who decided a held request: `admin:<prefix of the admin token's SHA-256>`.
     pub approver: Option<String>,
+    /// The client's IP address, only on a refusal made before anyone was identified.
+    pub peer: Option<String>,
+    /// On an aggregate record, how many refusals it stands for.
+    pub count: Option<u64>,
 }
 
 /// How a request ended. `event_id` is the one of its decision.
@@ -130,6 +134,7 @@ impl DecisionFacts {
             &mut self.rule_id,
             &mut self.key_id,
             &mut self.approver,
+            &mut self.peer,
         ]
         .into_iter()
         .flatten()

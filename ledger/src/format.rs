@@ -68,6 +68,8 @@ pub const ALLOWED_FIELDS: &[&str] = &[
     "narrowed",
     "key_id",
     "approver",
+    "peer",
+    "count",
     // outcome
     "status",
     "tokens_in",
@@ -87,6 +89,8 @@ pub const ALLOWED_FIELDS: &[&str] = &[
     // recovery
     "file",
     "bytes_dropped",
+    "refused",
+    "down_since",
     // segment header
     "version",
     "first_seq",
@@ -165,6 +169,14 @@ pub struct DecisionRecord {
     /// Who decided a held request (`admin:<token hash prefix>`), on approval records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// The client's IP address, on a refusal made before anyone was identified (so there is
+    /// no tenant or agent to name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// On an aggregate record: how many refusals of this `peer` with this `reason` it stands
+    /// for (those past the per-peer recording rate). Absent on a record of one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     pub prev: String,
 }
 
@@ -228,7 +240,8 @@ pub struct CheckpointRecord {
     pub prev: String,
 }
 
-/// Start-up cut a torn last line (a crash mid-write) from `file`.
+/// Start-up cut a torn last line (a crash mid-write) from `file` (`reason = "torn_tail"`),
+/// or the writer resumed after the disk was full (`reason = "disk_full"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryRecord {
@@ -238,8 +251,16 @@ pub struct RecoveryRecord {
     pub kind: Kind,
     /// File name only (no directory).
     pub file: String,
+    /// Bytes of a torn line or a partial write that were cut from `file`.
     pub bytes_dropped: u64,
     pub reason: String,
+    /// After a full disk: how many appends were refused while nothing could be written
+    /// (each a request refused with `ledger_unavailable`, or an outcome not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    /// After a full disk: when writing stopped. The record's own `ts` is when it resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since: Option<String>,
     pub prev: String,
 }
 
@@ -644,6 +665,8 @@ mod tests {
             narrowed: vec![],
             key_id: None,
             approver: None,
+            peer: None,
+            count: None,
             prev: hex::encode(prev),
         };
         let (line, _) = seal(&rec, &prev).expect("seal");

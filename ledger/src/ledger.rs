@@ -17,7 +17,8 @@ use crate::writer::{self, Hooks, WriterState};
 #[non_exhaustive]
 pub enum Health {
     Healthy,
-    /// Appends fail; the reason says why (a write error is for good, a full queue passes).
+    /// Appends fail; the reason says why (a full disk or a full queue passes, any other write
+    /// error is for good).
     Unhealthy(String),
 }
 
@@ -132,7 +133,14 @@ impl Ledger {
     }
 
     async fn append(&self, input: RecordInput) -> Result<Appended, LedgerError> {
-        self.ready()?;
+        if let Err(e) = self.ready() {
+            let shared = &self.inner.shared;
+            if shared.down.load(Ordering::SeqCst) {
+                // Counted for the `recovery` record that ends the outage.
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         // try_send, never send: an append must not wait for room in the queue.
         match self.inner.tx.try_send(Cmd::Append {
@@ -164,7 +172,7 @@ impl Ledger {
     /// Healthy, or why appends currently fail.
     pub fn health(&self) -> Health {
         let shared = &self.inner.shared;
-        if let Some(reason) = shared.fatal() {
+        if let Some(reason) = shared.fatal().or_else(|| shared.down()) {
             Health::Unhealthy(reason)
         } else if shared.closed.load(Ordering::SeqCst) {
             Health::Unhealthy("ledger is shut down".into())
@@ -230,6 +238,9 @@ impl Ledger {
         }
         if shared.closed.load(Ordering::SeqCst) {
             return Err(LedgerError::Closed);
+        }
+        if let Some(reason) = shared.down() {
+            return Err(LedgerError::Unhealthy(reason));
         }
         Ok(())
     }

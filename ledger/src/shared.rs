@@ -1,8 +1,8 @@
 //! What the handles and the writer task share: the commands on the queue, the results they
 //! resolve to, and the state both sides read (failure, saturation, head, counters).
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
@@ -87,8 +87,14 @@ pub(crate) struct Stats {
 
 /// State shared by the handles and the writer.
 pub(crate) struct Shared {
-    /// Set once, on the first write failure: the ledger never writes again.
+    /// Set once, on a write failure it cannot come back from: the ledger never writes again.
     fatal: OnceLock<String>,
+    /// The disk is full: appends are refused until the writer has written its `recovery`
+    /// record (it tries again every second).
+    pub(crate) down: AtomicBool,
+    down_reason: Mutex<String>,
+    /// Appends refused while `down`, for the `recovery` record.
+    pub(crate) refused: AtomicU64,
     /// The queue was full; cleared when the writer drains it.
     pub(crate) saturated: AtomicBool,
     pub(crate) closed: AtomicBool,
@@ -100,6 +106,9 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             fatal: OnceLock::new(),
+            down: AtomicBool::new(false),
+            down_reason: Mutex::new(String::new()),
+            refused: AtomicU64::new(0),
             saturated: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             head: watch::Sender::new(None),
@@ -115,6 +124,28 @@ impl Shared {
 
     pub(crate) fn set_fatal(&self, reason: String) {
         let _ = self.fatal.set(reason);
+    }
+
+    /// Why appends fail while the disk is full, or `None` when they do not.
+    pub(crate) fn down(&self) -> Option<String> {
+        if !self.down.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(
+            self.down_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    pub(crate) fn set_down(&self, reason: String) {
+        *self.down_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.down.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_up(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn head(&self) -> Option<CheckpointInfo> {

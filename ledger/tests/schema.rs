@@ -38,6 +38,8 @@ const ALLOWLIST: &[&str] = &[
     "narrowed",
     "key_id",
     "approver",
+    "peer",
+    "count",
     "status",
     "tokens_in",
     "tokens_out",
@@ -53,6 +55,8 @@ const ALLOWLIST: &[&str] = &[
     "signature",
     "file",
     "bytes_dropped",
+    "refused",
+    "down_since",
     "version",
     "first_seq",
 ];

@@ -30,6 +30,8 @@ use crate::webhook::{DeliveryResult, WebhookOptions, WebhookSender, Webhooks};
 
 /// A spliced tunnel or WebSocket session with no traffic for this long closes.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a request body waits for inspection memory before `503 memory_budget`.
+const INSPECT_MEMORY_WAIT: Duration = Duration::from_secs(1);
 /// After the grace period, how long dropped connections get to write their
 /// outcome records before the ledger is sealed.
 const OUTCOME_FLUSH: Duration = Duration::from_secs(5);
@@ -137,6 +139,11 @@ impl RunningProxy {
         if !self.ctx.outcomes.settled(OUTCOME_FLUSH).await {
             tracing::error!("outcome records still pending at shutdown");
         }
+        // The refusals counted since the last window closed.
+        self.ctx
+            .refusals
+            .flush(&self.ledger, &self.ctx.policy.load())
+            .await;
         // The final checkpoint anchors everything written so far.
         if let Err(e) = self.ledger.shutdown().await {
             tracing::error!(error = %e.full_message(), "ledger shutdown failed");
@@ -332,6 +339,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         webhooks,
         vault: vault_scanner,
         agent_conns: Arc::default(),
+        peer_conns: Arc::default(),
         detect_pool: Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         ),
@@ -341,6 +349,13 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         outcomes: Outcomes::default(),
+        refusals: Default::default(),
+        memory: crate::memory::InspectMemory::new(
+            cfg.limits.inspect_memory,
+            cfg.limits.inspect_memory_per_tenant,
+            cfg.limits.max_inspect_body,
+            INSPECT_MEMORY_WAIT,
+        ),
         certs,
         upstream,
         limits: Limits {
@@ -351,6 +366,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             handshake_timeout: cfg.limits.client_header_timeout,
             relay_idle_timeout: RELAY_IDLE_TIMEOUT,
             max_connections_per_agent: cfg.limits.max_connections_per_agent,
+            max_connections_per_peer: cfg.limits.max_connections_per_peer,
         },
         tls: TlsServer {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -390,6 +406,22 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         }),
         admin_listener,
     ));
+
+    // Each window's counted refusals become aggregate records when it closes.
+    let flush_ctx = ctx.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(crate::refusals::WINDOW);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = flush_ctx.reached(Phase::Draining) => break,
+            }
+            let snap = flush_ctx.policy.load();
+            flush_ctx.refusals.flush(&flush_ctx.ledger, &snap).await;
+        }
+    });
 
     if let Some(path) = settings.config_path.clone() {
         let stop_ctx = ctx.clone();

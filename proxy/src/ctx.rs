@@ -32,6 +32,7 @@ pub struct Limits {
     /// A spliced tunnel or WebSocket session with no traffic for this long is closed.
     pub relay_idle_timeout: Duration,
     pub max_connections_per_agent: usize,
+    pub max_connections_per_peer: usize,
 }
 
 /// The TLS server pieces shared by every intercepted tunnel.
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub vault: portcullis_rules::VaultScanner,
     /// Open tunnels per agent.
     pub agent_conns: Arc<crate::flow::AgentConns>,
+    /// Open connections per client address.
+    pub peer_conns: Arc<crate::flow::PeerConns>,
     /// Turns on the blocking pool for large detector passes (one per core).
     pub detect_pool: tokio::sync::Semaphore,
     /// Token budgets and rate limits.
@@ -63,6 +66,10 @@ pub struct Ctx {
     pub webhooks: Webhooks,
     pub ledger: Ledger,
     pub outcomes: Outcomes,
+    /// Bytes of request bodies held for inspection, per tenant and in all.
+    pub memory: crate::memory::InspectMemory,
+    /// The per-peer recording rate of refusals made before anyone was identified.
+    pub refusals: crate::refusals::Refusals,
     pub certs: LeafCache,
     pub upstream: Upstream,
     pub limits: Limits,

@@ -113,59 +113,108 @@ pub struct Flow {
 /// connection limit, and its place in `portcullis_active_connections`. Both
 /// are released when the last piece of work on the connection ends.
 pub struct ConnSlot {
+    /// The client's address (recorded on refusals made before anyone was identified).
+    peer: IpAddr,
     _permit: OwnedSemaphorePermit,
+    _peer_slot: PeerConn,
     _gauge: ConnectionGauge,
+    /// On a gateway connection: the slots of the agents that used it.
+    agents: std::sync::Mutex<Vec<AgentConn>>,
 }
 
 impl ConnSlot {
-    pub fn new(permit: OwnedSemaphorePermit, gauge: ConnectionGauge) -> Arc<ConnSlot> {
+    pub fn new(
+        peer: IpAddr,
+        permit: OwnedSemaphorePermit,
+        peer_slot: PeerConn,
+        gauge: ConnectionGauge,
+    ) -> Arc<ConnSlot> {
         Arc::new(ConnSlot {
+            peer,
             _permit: permit,
+            _peer_slot: peer_slot,
             _gauge: gauge,
+            agents: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Counts this connection against `agent`'s cap, once per agent, for as long
+    /// as it is open. False at the cap.
+    pub fn hold_agent(&self, conns: &Arc<AgentConns>, agent: &str, cap: usize) -> bool {
+        let mut held = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if held.iter().any(|s| s.key == agent) {
+            return true;
+        }
+        match conns.take(&agent.to_owned(), cap) {
+            Some(slot) => {
+                held.push(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 }
 
-/// Open tunnels per agent, against `[limits] max_connections_per_agent`:
-/// touched once when a tunnel opens and once when it closes.
-#[derive(Default)]
-pub struct AgentConns {
-    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+/// Open connections per key, against a cap: tunnels and gateway connections
+/// per agent (`[limits] max_connections_per_agent`), connections per client
+/// address (`max_connections_per_peer`). Touched once when one opens and once
+/// when it closes.
+pub struct OpenCounts<K> {
+    open: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-impl AgentConns {
-    /// A slot for one more tunnel of `agent`, or `None` at the cap.
-    pub fn take(self: &Arc<Self>, agent: &str, cap: usize) -> Option<AgentConn> {
+impl<K> Default for OpenCounts<K> {
+    fn default() -> Self {
+        OpenCounts {
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> OpenCounts<K> {
+    /// A slot for one more of `key`, or `None` at the cap.
+    pub fn take(self: &Arc<Self>, key: &K, cap: usize) -> Option<OpenSlot<K>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(agent.to_owned()).or_insert(0);
+        let n = open.entry(key.clone()).or_insert(0);
         if *n >= cap {
             return None;
         }
         *n += 1;
-        Some(AgentConn {
-            conns: self.clone(),
-            agent: agent.to_owned(),
+        Some(OpenSlot {
+            counts: self.clone(),
+            key: key.clone(),
         })
     }
 }
 
-/// One agent's open tunnel; gives its slot back when dropped.
-pub struct AgentConn {
-    conns: Arc<AgentConns>,
-    agent: String,
+/// One open connection; gives its slot back when dropped.
+pub struct OpenSlot<K: std::hash::Hash + Eq + Clone> {
+    counts: Arc<OpenCounts<K>>,
+    key: K,
 }
 
-impl Drop for AgentConn {
+impl<K: std::hash::Hash + Eq + Clone> Drop for OpenSlot<K> {
     fn drop(&mut self) {
-        let mut open = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.agent) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.agent);
+                open.remove(&self.key);
             }
         }
     }
 }
+
+/// Open tunnels and gateway connections per agent.
+pub type AgentConns = OpenCounts<String>;
+pub type AgentConn = OpenSlot<String>;
+/// Open connections per client address.
+pub type PeerConns = OpenCounts<IpAddr>;
+pub type PeerConn = OpenSlot<IpAddr>;
 
 /// Where the process is in its life. Connections watch it: on `Draining`
 /// they finish what is in flight; on `Closing` they drop it, which writes the

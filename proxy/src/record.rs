@@ -11,6 +11,7 @@
 //! WebSocket session or a shutdown all leave an `outcome` record without any
 //! path having to remember to write one.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::http::body::End;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, Phase as MetricPhase};
 use crate::policy::PolicySnapshot;
+use crate::refusals::{Gate, Refusals};
 use crate::state::Hold;
 use crate::webhook::Webhooks;
 
@@ -88,6 +90,8 @@ pub struct RequestRecord {
     pub event_id: String,
     pub listener: String,
     pub who: Option<Identity>,
+    /// The client's address: recorded only while `who` is unknown.
+    pub peer: Option<IpAddr>,
     pub target: Option<Target>,
     pub method: Option<String>,
     path_template: Option<String>,
@@ -113,6 +117,7 @@ impl RequestRecord {
             event_id: crate::flow::new_event_id(),
             listener: listener.to_owned(),
             who: None,
+            peer: None,
             target: None,
             method: None,
             path_template: None,
@@ -164,6 +169,11 @@ impl RequestRecord {
             narrowed: self.decision.narrowed.clone(),
             key_id: self.key_id.clone(),
             approver: self.approver.clone(),
+            peer: self
+                .peer
+                .filter(|_| self.who.is_none())
+                .map(|ip| ip.to_string()),
+            count: None,
         }
     }
 
@@ -245,6 +255,33 @@ impl RequestRecord {
                 Err(e)
             }
         }
+    }
+}
+
+impl RequestRecord {
+    /// [`RequestRecord::commit`] for a refusal; one made before anyone was identified
+    /// goes through the per-peer recording rate (see [`crate::refusals`]) and may only be
+    /// counted for an aggregate record instead.
+    pub async fn commit_refusal(
+        &mut self,
+        ledger: &Ledger,
+        metrics: &Metrics,
+        webhooks: &Webhooks,
+        refusals: &Refusals,
+    ) -> Result<(), LedgerError> {
+        if let (None, Some(peer)) = (&self.who, self.peer) {
+            if refusals.gate(peer, &self.listener, self.decision.reason) == Gate::Counted {
+                metrics.request(
+                    None,
+                    self.decision.action.as_str(),
+                    self.decision.reason.code(),
+                    None,
+                );
+                self.committed = true;
+                return Ok(());
+            }
+        }
+        self.commit(ledger, metrics, webhooks).await
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn rescue(ctx: &Ctx, rec: &mut RequestRecord, refusal: Refusal) -> Res
     if !rec.is_committed() {
         rec.decision = refusal.decision.clone();
         if rec
-            .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+            .commit_refusal(&ctx.ledger, &ctx.metrics, &ctx.webhooks, &ctx.refusals)
             .await
             .is_err()
         {
@@ -214,9 +214,10 @@ pub fn status_for(reason: Reason) -> StatusCode {
         | Reason::UpstreamError
         | Reason::ResolveFailed => StatusCode::BAD_GATEWAY,
         Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Reason::LedgerUnavailable | Reason::StateUnavailable | Reason::KeyUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Reason::LedgerUnavailable
+        | Reason::StateUnavailable
+        | Reason::KeyUnavailable
+        | Reason::MemoryBudget => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -256,6 +257,7 @@ mod tests {
         (Reason::LedgerUnavailable, 503),
         (Reason::StateUnavailable, 503),
         (Reason::ConnectionLimit, 429),
+        (Reason::MemoryBudget, 503),
         (Reason::KeyUnavailable, 503),
         (Reason::ModelNotAllowed, 403),
         (Reason::OperationNotAllowed, 403),

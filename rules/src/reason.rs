@@ -105,6 +105,9 @@ pub enum Reason {
     RateLimited,
     /// The agent already holds as many open tunnels as `[limits]` allows.
     ConnectionLimit,
+    /// The request body could not get its share of the inspection memory budget
+    /// (`[limits] inspect_memory`, `inspect_memory_per_tenant`) in time.
+    MemoryBudget,
     /// An approver denied the held request.
     ApprovalDenied,
     /// Nobody approved the held request in time.
@@ -164,6 +167,7 @@ impl Reason {
         Reason::BudgetExceeded,
         Reason::RateLimited,
         Reason::ConnectionLimit,
+        Reason::MemoryBudget,
         Reason::ApprovalDenied,
         Reason::ApprovalTimeout,
         Reason::ModelNotAllowed,
@@ -209,6 +213,7 @@ impl Reason {
             Reason::BudgetExceeded => "budget_exceeded",
             Reason::RateLimited => "rate_limited",
             Reason::ConnectionLimit => "connection_limit",
+            Reason::MemoryBudget => "memory_budget",
             Reason::ApprovalDenied => "approval_denied",
             Reason::ApprovalTimeout => "approval_timeout",
             Reason::ModelNotAllowed => "model_not_allowed",
@@ -282,6 +287,9 @@ impl Reason {
             Reason::RateLimited => "Too many requests; try again after the Retry-After delay.",
             Reason::ConnectionLimit => {
                 "This agent has too many open connections through the proxy; close some and retry."
+            }
+            Reason::MemoryBudget => {
+                "The proxy has no memory to spare for inspecting this request body right now; retry after the Retry-After delay."
             }
             Reason::ApprovalDenied => "An approver denied this request.",
             Reason::ApprovalTimeout => "This request needed approval and nobody approved it in time.",

@@ -195,9 +195,12 @@ async fn unreachable_upstream_is_recorded_as_upstream_error() {
 }
 
 /// Fail closed: with the ledger's filesystem full, nothing is forwarded and
-/// every request gets 503 ledger_unavailable. Needs root to mount a tmpfs.
+/// every request gets 503 ledger_unavailable. Once there is room again the
+/// ledger resumes by itself, with a `recovery` record saying what was
+/// refused, and the chain verifies. Needs root to mount a tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_ledger_filesystem_fails_closed_with_503() {
+async fn full_ledger_filesystem_fails_closed_with_503_and_resumes_with_a_recovery_record_once_freed(
+) {
     assert!(
         Command::new("id")
             .arg("-u")
@@ -218,7 +221,7 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     let mnt = dir.path().join("ledger-fs");
     std::fs::create_dir(&mnt).unwrap();
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(&mnt)
         .status()
         .unwrap();
@@ -226,7 +229,7 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     let _unmount = Unmount(mnt.clone());
     let mut cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), DEFAULT_ROUTES);
     cfg.push_str(&format!(
-        "\n[ledger]\ndir = \"{}\"\ncheckpoint_interval = \"1h\"\n",
+        "\n[ledger]\ndir = \"{}\"\ncheckpoint_interval = \"1h\"\nmin_free_bytes = 65536\n",
         mnt.join("ledger").display()
     ));
     let proxy = TestProxy::start(&cfg, dir).await;
@@ -234,7 +237,7 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
     assert_eq!(ok.status, 200);
     // Fill the filesystem.
     let filler = mnt.join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 256 * 1024]);
+    let _ = std::fs::write(&filler, vec![0u8; 8 * 1024 * 1024]);
     // The next record that cannot be written refuses its request: the
     // CONNECT itself, or a request inside an open tunnel.
     let mut tls = proxy
@@ -265,7 +268,9 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
         ready.json()
     );
     let seen_at_failure = origin.seen().len();
-    // Once failed, it stays failed: nothing more is forwarded.
+    // While it is full, it stays failed (past the writer's retries): nothing
+    // more is forwarded.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     for _ in 0..3 {
         let err = proxy
             .connect("api.openai.com:443", Some((AGENT, TOKEN)))
@@ -282,7 +287,50 @@ async fn full_ledger_filesystem_fails_closed_with_503() {
         "a CONNECT is refused too"
     );
     assert_eq!(origin.seen().len(), seen_at_failure);
-    drop(proxy);
+
+    // Room again: within a few seconds the ledger writes its recovery record
+    // and requests flow, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = proxy.admin("GET", "/readyz", Some(ADMIN_TOKEN)).await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger did not resume: {}",
+            ready.json()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ok = proxy.h1_request("api.openai.com:443", CHAT).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(origin.seen().len(), seen_at_failure + 1);
+    let resumed_id = ok.header("x-portcullis-event-id").unwrap();
+    let ledger_dir = proxy.ledger_dir.clone();
+    let _dir = proxy.shutdown().await;
+    assert_intact(&ledger_dir);
+    let records = ledger_records(&ledger_dir);
+    let recovery: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "recovery" && r["reason"] == "disk_full")
+        .collect();
+    assert_eq!(recovery.len(), 1, "{records:?}");
+    let r = recovery[0];
+    // At least the five refusals above (the CONNECTs and the request in the
+    // tunnel) found no room.
+    assert!(r["refused"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["down_since"].as_str().unwrap() <= r["ts"].as_str().unwrap());
+    // The request after it is recorded after it, on the same chain.
+    let seq_of = |id: &str| {
+        records
+            .iter()
+            .find(|x| x["kind"] == "decision" && x["event_id"] == id)
+            .and_then(|x| x["seq"].as_u64())
+            .unwrap()
+    };
+    assert!(seq_of(&resumed_id) > r["seq"].as_u64().unwrap());
 }
 
 /// kill -9 under load, restart: the ledger verifies, and every request the

@@ -71,6 +71,8 @@ impl Cut {
             file,
             bytes_dropped: self.dropped,
             reason: "torn_tail".into(),
+            refused: None,
+            down_since: None,
             prev: hex::encode(prev),
         }
     }

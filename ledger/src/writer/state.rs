@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::LedgerError;
 use crate::format::{
-    self, seal, ConfigRecord, DecisionRecord, Kind, OutcomeRecord, CHECKPOINTS_FILE,
+    self, seal, ConfigRecord, DecisionRecord, Kind, OutcomeRecord, RecoveryRecord, CHECKPOINTS_FILE,
 };
 use crate::keys;
 use crate::options::{LedgerOptions, SyncMode};
@@ -25,12 +25,40 @@ use crate::writer::segment::{self, Segment};
 
 pub(crate) type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
-/// Test seams: a fake wall clock, and a file to use instead of the next new segment
-/// (`/dev/full` simulates a full disk).
+/// While the disk is full, the writer tries to write again this often.
+const OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... once at least this much is free, so that a disk at the brink does not flap between
+/// a recovery record and the next failure.
+const RESUME_HEADROOM: u64 = 1024 * 1024;
+
+/// The chain as far as it is on disk: where a failed write is rolled back to.
+#[derive(Clone, Copy)]
+struct Mark {
+    /// Length of the active segment file.
+    len: u64,
+    records: u64,
+    head: [u8; 32],
+    next_seq: u64,
+    since_checkpoint: u64,
+    unanchored_since: Option<Instant>,
+}
+
+/// The disk was full: nothing is written until a `recovery` record fits.
+struct Outage {
+    since: OffsetDateTime,
+    next_try: Instant,
+    /// Appends the writer itself refused (the handles count theirs in `Shared::refused`).
+    refused: u64,
+}
+
+/// Test seams: a fake wall clock, a file to use instead of the next new segment
+/// (`/dev/full` simulates a full disk for good), and a switch that makes segment writes
+/// stop halfway with "no space left" while it is on (a disk that fills and is freed).
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub(crate) clock: Option<Clock>,
     pub(crate) next_segment_path: Option<PathBuf>,
+    pub(crate) disk_full: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub(crate) struct WriterState {
@@ -44,6 +72,7 @@ pub(crate) struct WriterState {
     key: SigningKey,
     clock: Clock,
     next_segment_path: Option<PathBuf>,
+    disk_full: Option<Arc<std::sync::atomic::AtomicBool>>,
     seg: Segment,
     cp_log: File,
     cp_log_path: PathBuf,
@@ -60,6 +89,10 @@ pub(crate) struct WriterState {
     pending_checkpoints: Vec<CheckpointInfo>,
     shared: Arc<Shared>,
     stopped: bool,
+    mark: Mark,
+    /// The last write failed for want of space (not any other error).
+    full_disk: bool,
+    outage: Option<Outage>,
 }
 
 impl WriterState {
@@ -124,6 +157,7 @@ impl WriterState {
             key,
             clock,
             next_segment_path: hooks.next_segment_path,
+            disk_full: hooks.disk_full,
             seg,
             cp_log,
             cp_log_path,
@@ -137,7 +171,18 @@ impl WriterState {
             pending_checkpoints: Vec::new(),
             shared,
             stopped: false,
+            mark: Mark {
+                len: 0,
+                records: 0,
+                head,
+                next_seq,
+                since_checkpoint: 0,
+                unanchored_since: None,
+            },
+            full_disk: false,
+            outage: None,
         };
+        state.mark = state.snapshot();
         for cut in &tail.cuts {
             let rec = cut.recovery_record(state.next_seq, wall, &state.head);
             state.push(&rec)?;
@@ -155,6 +200,9 @@ impl WriterState {
         if self.stopped || self.shared.fatal().is_some() {
             return None;
         }
+        if let Some(outage) = &self.outage {
+            return Some(outage.next_try);
+        }
         let checkpoint = self.unanchored_since.map(|t| t + self.checkpoint_interval);
         let sync = self.unsynced_since.map(|t| t + self.sync_interval);
         match (checkpoint, sync) {
@@ -169,6 +217,29 @@ impl WriterState {
         if let Some(reason) = self.shared.fatal() {
             reject_all(batch, &reason);
             return;
+        }
+        if self.outage.is_some() {
+            // A shutdown gets one more try, so that a disk freed meanwhile is sealed cleanly.
+            if batch.iter().any(|c| matches!(c, Cmd::Shutdown { .. })) {
+                self.try_recover(now);
+            }
+            if let Some(outage) = &mut self.outage {
+                outage.refused += batch
+                    .iter()
+                    .filter(|c| matches!(c, Cmd::Append { .. }))
+                    .count() as u64;
+                let reason = self
+                    .shared
+                    .fatal()
+                    .or_else(|| self.shared.down())
+                    .unwrap_or_default();
+                reject_all(batch, &reason);
+                return;
+            }
+            if let Some(reason) = self.shared.fatal() {
+                reject_all(batch, &reason);
+                return;
+            }
         }
         // Replies are kept apart from the records, so that on failure none of them is
         // dropped before the failure reason is published (a dropped reply reads as "gone").
@@ -192,6 +263,9 @@ impl WriterState {
             Ok(done) => done,
             Err(err) => {
                 let reason = self.fail(&err);
+                if let Some(outage) = &mut self.outage {
+                    outage.refused += append_replies.len() as u64;
+                }
                 for reply in append_replies {
                     let _ = reply.send(Err(LedgerError::Unhealthy(reason.clone())));
                 }
@@ -267,6 +341,10 @@ impl WriterState {
         if self.stopped || self.shared.fatal().is_some() {
             return;
         }
+        if self.outage.is_some() {
+            self.try_recover(now);
+            return;
+        }
         let result = (|| {
             if self.since_checkpoint > 0 && self.checkpoint_due() {
                 self.push_checkpoint((self.clock)())?;
@@ -287,6 +365,12 @@ impl WriterState {
     pub(crate) fn close(&mut self) {
         if self.stopped || self.shared.fatal().is_some() {
             return;
+        }
+        if self.outage.is_some() {
+            self.try_recover(self.now);
+            if self.outage.is_some() {
+                return;
+            }
         }
         let result = (|| {
             if self.since_checkpoint > 0 {
@@ -323,11 +407,125 @@ impl WriterState {
 
     fn fail(&mut self, err: &LedgerError) -> String {
         let reason = err.full_message();
-        tracing::error!(error = %reason, "ledger write failed; refusing appends from now on (fail closed)");
-        self.shared.set_fatal(reason.clone());
         self.buf.clear();
         self.pending_checkpoints.clear();
+        if std::mem::take(&mut self.full_disk) {
+            // Nothing of the failed write counts: the chain goes on from what is on disk.
+            self.rollback();
+            if self.outage.is_none() {
+                tracing::error!(error = %reason, "ledger disk full; refusing appends until a write succeeds again (fail closed), retrying every second");
+                self.outage = Some(Outage {
+                    since: (self.clock)(),
+                    next_try: self.now + OUTAGE_RETRY,
+                    refused: 0,
+                });
+            }
+            self.shared.set_down(reason.clone());
+            return reason;
+        }
+        tracing::error!(error = %reason, "ledger write failed; refusing appends from now on (fail closed)");
+        self.outage = None;
+        self.shared.set_fatal(reason.clone());
         reason
+    }
+
+    /// The chain as far as it is on disk now (the buffer is empty).
+    fn snapshot(&self) -> Mark {
+        Mark {
+            len: self.seg.bytes,
+            records: self.seg.records,
+            head: self.head,
+            next_seq: self.next_seq,
+            since_checkpoint: self.since_checkpoint,
+            unanchored_since: self.unanchored_since,
+        }
+    }
+
+    /// Forget every record after the mark: they were refused, never written.
+    fn rollback(&mut self) {
+        let m = self.mark;
+        self.seg.bytes = m.len;
+        self.seg.records = m.records;
+        self.head = m.head;
+        self.next_seq = m.next_seq;
+        self.since_checkpoint = m.since_checkpoint;
+        self.unanchored_since = m.unanchored_since;
+    }
+
+    /// During an outage: cut any partial write back to the mark and try to write the
+    /// `recovery` record that says what was lost. Appends resume once it is durable.
+    fn try_recover(&mut self, now: Instant) {
+        self.now = now;
+        let Some(outage) = &mut self.outage else {
+            return;
+        };
+        outage.next_try = now + OUTAGE_RETRY;
+        let (since, writer_refused) = (outage.since, outage.refused);
+        if let Ok(st) = rustix::fs::fstatvfs(&self.seg.file) {
+            if st.f_bavail.saturating_mul(st.f_frsize) < RESUME_HEADROOM {
+                return;
+            }
+        }
+        let on_disk = match self.seg.file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger still down: cannot read the segment's length");
+                return;
+            }
+        };
+        if on_disk != self.mark.len {
+            if let Err(e) = self.seg.file.set_len(self.mark.len) {
+                tracing::warn!(error = %e, "ledger still down: cannot cut a partial write");
+                return;
+            }
+        }
+        let handle_refused = self.shared.refused.load(Ordering::Relaxed);
+        let wall = (self.clock)();
+        let record = RecoveryRecord {
+            seq: self.next_seq,
+            ts: format::format_ts(wall),
+            event_id: crate::facts::new_event_id(),
+            kind: Kind::Recovery,
+            file: self
+                .seg
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes_dropped: on_disk.saturating_sub(self.mark.len),
+            reason: "disk_full".into(),
+            refused: Some(writer_refused.saturating_add(handle_refused)),
+            down_since: Some(format::format_ts(since)),
+            prev: hex::encode(self.head),
+        };
+        let written = self.push(&record).and_then(|_| self.flush(true));
+        match written {
+            Ok(()) => {
+                self.outage = None;
+                self.shared.set_up();
+                // Appends refused while the record itself was being written are not in it.
+                let late = self
+                    .shared
+                    .refused
+                    .swap(0, Ordering::Relaxed)
+                    .saturating_sub(handle_refused);
+                if late > 0 {
+                    tracing::warn!(
+                        late,
+                        "appends refused while the recovery record was written"
+                    );
+                }
+                tracing::warn!(
+                    refused = writer_refused.saturating_add(handle_refused),
+                    down_since = %format::format_ts(since),
+                    "ledger disk has room again: recovery record written, appends resume"
+                );
+            }
+            Err(err) => {
+                // Still full: stay down (fail() rolls back). Any other error is for good.
+                self.fail(&err);
+            }
+        }
     }
 
     fn push_input(
@@ -364,6 +562,8 @@ impl WriterState {
                 narrowed: f.narrowed,
                 key_id: f.key_id,
                 approver: f.approver,
+                peer: f.peer,
+                count: f.count,
                 prev,
             })?,
             RecordInput::Outcome(f) => self.push(&OutcomeRecord {
@@ -443,11 +643,18 @@ impl WriterState {
     /// One `write` of the buffer, then (if asked and needed) one `fdatasync`.
     fn flush(&mut self, sync: bool) -> Result<(), LedgerError> {
         if !self.buf.is_empty() {
-            (&self.seg.file)
-                .write_all(&self.buf)
-                .map_err(|e| LedgerError::io("writing", &self.seg.path, e))?;
+            if let Err(e) = self.write_buf() {
+                // Only a full disk (of a real segment) is waited out; the rest is for good.
+                self.full_disk = self.seg.sealable
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    );
+                return Err(LedgerError::io("writing", &self.seg.path, e));
+            }
             self.buf.clear();
             self.unsynced_since.get_or_insert(self.now);
+            self.mark = self.snapshot();
         }
         if sync && self.unsynced_since.is_some() {
             self.seg
@@ -458,6 +665,20 @@ impl WriterState {
             self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn write_buf(&self) -> std::io::Result<()> {
+        if self
+            .disk_full
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            // Half a batch lands, as on a disk that fills mid-write.
+            (&self.seg.file).write_all(&self.buf[..self.buf.len() / 2])?;
+            // ENOSPC, as the kernel says it.
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        (&self.seg.file).write_all(&self.buf)
     }
 
     /// Copy synced checkpoints to `checkpoints.log` and publish the newest as the head.
@@ -508,6 +729,7 @@ impl WriterState {
         tracing::info!(segment = seg.index, "ledger rotated to a new segment");
         self.seg = seg;
         self.head = head;
+        self.mark = self.snapshot();
         Ok(())
     }
 }

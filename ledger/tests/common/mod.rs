@@ -46,6 +46,8 @@ pub fn decision(i: u64) -> DecisionFacts {
         narrowed: vec!["max_tokens".into()],
         key_id: Some("openai-main".into()),
         approver: None,
+        peer: Some("192.0.2.7".into()),
+        count: Some(3),
     }
 }
 

@@ -91,6 +91,7 @@ async fn connect(
 ) -> Response<ProxyBody> {
     let snap = ctx.policy.load();
     let mut rec = RequestRecord::new(&snap, &flow.listener);
+    rec.peer = Some(flow.slot.peer());
     rec.method = Some(Method::CONNECT.as_str().to_owned());
     let tunnel = match precheck(&flow, &snap, &mut rec, &req) {
         Ok(t) => t,

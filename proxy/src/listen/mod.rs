@@ -8,10 +8,11 @@ mod gateway;
 mod rewind;
 mod transparent;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_rules::{classify_ip, Decision, Host, ListenerAuth, ListenerMode, Route};
+use portcullis_rules::{classify_ip, Decision, Host, ListenerAuth, ListenerMode, Reason, Route};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -19,6 +20,8 @@ use crate::ctx::Ctx;
 use crate::flow::{ConnSlot, Phase, Target};
 use crate::identity::Identity;
 use crate::policy::PolicySnapshot;
+use crate::record::RequestRecord;
+use crate::refusals::Gate;
 
 /// One listener's settings.
 pub struct ListenerInfo {
@@ -54,6 +57,16 @@ pub async fn accept_loop(
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
+        // One address cannot take every slot, whoever it claims to be.
+        let ip = canonical(peer.ip());
+        let Some(peer_slot) = ctx
+            .peer_conns
+            .take(&ip, ctx.limits.max_connections_per_peer)
+        else {
+            drop(tcp);
+            refuse_peer(&ctx, &info.name, ip);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         // A request held for approval can wait minutes with nothing to send: TCP
         // keep-alives keep middleboxes from dropping the idle connection.
@@ -61,7 +74,12 @@ pub async fn accept_loop(
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer, listener = %info.name);
-        let slot = ConnSlot::new(permit, ctx.metrics.connection_opened(&info.name));
+        let slot = ConnSlot::new(
+            ip,
+            permit,
+            peer_slot,
+            ctx.metrics.connection_opened(&info.name),
+        );
         match info.mode {
             ListenerMode::Forward => {
                 tokio::spawn(forward::serve(ctx.clone(), info.clone(), tcp, slot, span));
@@ -80,6 +98,39 @@ pub async fn accept_loop(
         }
     }
     tracing::info!(listener = %info.name, "stopped accepting");
+}
+
+/// A v4 client on a dual-stack socket is its v4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A connection closed at its address's cap: recorded (at the per-peer
+/// recording rate) as a `connection_limit` deny with the peer.
+fn refuse_peer(ctx: &Arc<Ctx>, listener: &str, ip: IpAddr) {
+    tracing::warn!(peer = %ip, "per-address connection limit reached; closing new connection");
+    if ctx.refusals.gate(ip, listener, Reason::ConnectionLimit) == Gate::Counted {
+        ctx.metrics
+            .request(None, "deny", Reason::ConnectionLimit.code(), None);
+        return;
+    }
+    let (ctx, listener) = (ctx.clone(), listener.to_owned());
+    tokio::spawn(async move {
+        let snap = ctx.policy.load();
+        let mut rec = RequestRecord::new(&snap, &listener);
+        rec.peer = Some(ip);
+        rec.decision = Decision::deny(Reason::ConnectionLimit);
+        if rec
+            .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+            .await
+            .is_err()
+        {
+            tracing::error!("ledger unavailable: connection limit refusal not recorded");
+        }
+    });
 }
 
 /// A tunnel's pre-check (SPEC §3 step 3), for a CONNECT or a redirected

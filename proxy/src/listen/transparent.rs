@@ -48,6 +48,7 @@ pub async fn serve(
     async move {
         let snap = ctx.policy.load();
         let mut rec = RequestRecord::new(&snap, &info.name);
+        rec.peer = Some(peer.ip());
         match open(&ctx, &info, tcp, peer, &mut rec).await {
             Ok((tun, io, _agent_slot)) => hand_off(ctx, tun, io, rec, slot).await,
             Err(refusal) => {
@@ -59,7 +60,7 @@ pub async fn serve(
                 rec.decision = refusal.decision().clone();
                 // Evidence first; there is no one to answer but the socket.
                 if rec
-                    .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+                    .commit_refusal(&ctx.ledger, &ctx.metrics, &ctx.webhooks, &ctx.refusals)
                     .await
                     .is_err()
                 {

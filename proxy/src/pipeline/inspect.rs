@@ -13,7 +13,10 @@ use portcullis_rules::{ApiStyle, Decision, Inspection, Reason, RequestFacts};
 use super::bind::Bound;
 use crate::ctx::Ctx;
 use crate::flow::Scheme;
-use crate::http::body::{full, read_bounded, BodyStalled, Prefixed, Progress, ProxyBody};
+use crate::http::body::{
+    full, read_bounded, BodyStalled, Inspected as Read, Prefixed, Progress, ProxyBody,
+};
+use crate::memory::{Lease, MemoryExhausted, Metered};
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::rescue::Refusal;
@@ -33,6 +36,8 @@ pub struct Inspected {
     /// The whole body as it will be forwarded, when it was read whole (SigV4
     /// signs its hash).
     pub whole_body: Option<Bytes>,
+    /// The inspection memory the read body holds, until it has gone upstream.
+    pub memory: Lease,
 }
 
 pub async fn inspect(
@@ -49,10 +54,22 @@ pub async fn inspect(
     // The policy sees exactly the bytes that will be forwarded. Trailers of a
     // fully read body are dropped here: they were never inspected.
     let idle = ctx.limits.body_progress_timeout;
-    let read = read_bounded(body, ctx.limits.max_inspect_body)
+    let max = ctx.limits.max_inspect_body;
+    // The buffer draws on the tenant's and the proxy's inspection memory.
+    let mut memory = Lease::default();
+    let metered = ctx.memory.meter(body, &bound.who.tenant, max, &mut memory);
+    let read = read_bounded(metered, max)
         .await
+        .map(|r| Read {
+            prefix: r.prefix,
+            truncated: r.truncated,
+            rest: r.rest.map(Metered::into_inner),
+        })
         .map_err(|e| {
-            if e.downcast_ref::<BodyStalled>().is_some() {
+            if let Some(m) = e.downcast_ref::<MemoryExhausted>() {
+                tracing::warn!(error = %m, tenant = %bound.who.tenant, "inspection memory budget exhausted");
+                Refusal::deny(Reason::MemoryBudget).close()
+            } else if e.downcast_ref::<BodyStalled>().is_some() {
                 // Undecided, and nothing forwarded: a held read would pin the connection.
                 tracing::info!(error = %e, "client stalled while sending its request body");
                 Refusal::deny(Reason::BadRequest)
@@ -139,6 +156,7 @@ pub async fn inspect(
         max_output_tokens,
         api_style,
         whole_body,
+        memory,
     })
 }
 

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use portcullis_rules::Action;
 
 use crate::ctx::Ctx;
-use crate::flow::Flow;
+use crate::flow::{Entry, Flow};
 use crate::http::body::ProxyBody;
 use crate::record::{OutcomeGuard, RequestRecord};
 use crate::rescue::{ledger_unavailable, rescue, Refusal};
@@ -29,6 +29,7 @@ pub async fn drive(ctx: Arc<Ctx>, flow: Arc<Flow>, req: Request<Incoming>) -> Re
     // One snapshot per request: a reload mid-request cannot change its rules.
     let snap = ctx.policy.load();
     let mut rec = RequestRecord::new(&snap, &flow.listener);
+    rec.peer = Some(flow.slot.peer());
     rec.method = Some(req.method().as_str().to_owned());
     match run(&ctx, &flow, &snap, &mut rec, req).await {
         Ok(resp) => resp,
@@ -46,6 +47,18 @@ async fn run(
     // bind: framing verdict, who is calling, where it goes, Host == target, and
     // one canonical path, so policy and upstream see the same request.
     let (bound, req) = bind::bind(flow, snap, rec, req)?;
+    // A gateway connection counts against its agent's cap, as a tunnel does.
+    if matches!(flow.entry, Entry::Gateway { .. })
+        && !flow.slot.hold_agent(
+            &ctx.agent_conns,
+            &bound.who.agent,
+            ctx.limits.max_connections_per_agent,
+        )
+    {
+        return Err(Refusal::deny(portcullis_rules::Reason::ConnectionLimit)
+            .retry_after(std::time::Duration::from_secs(1))
+            .close());
+    }
     // inspect + decide: one bounded read, one strict parse; classification,
     // detectors, the route walk and narrowing all read that one parse.
     let inspected = inspect::inspect(ctx, snap, rec, &bound, req).await?;
@@ -98,6 +111,8 @@ async fn run(
     }
     // inject (apply): the agent's credentials out, the provider key in.
     let (mut bound, mut inspected) = (bound, inspected);
+    // The read body's memory is held until the request has gone upstream.
+    let _memory = std::mem::take(&mut inspected.memory);
     if let Some(injection) = injection {
         inject::apply(
             &mut inspected.parts,

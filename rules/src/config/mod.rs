@@ -371,11 +371,20 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest body read for inspection. Default 8 MiB.
     pub max_inspect_body: u64,
+    /// Bytes of request bodies held for inspection at once, all tenants together.
+    /// Default 256 MiB (32 bodies of the largest size; most bodies are a few KiB).
+    pub inspect_memory: u64,
+    /// ... and by one tenant's requests. Default 64 MiB, a quarter of the whole, so that
+    /// one tenant's large bodies cannot starve the others. At least `max_inspect_body`.
+    pub inspect_memory_per_tenant: u64,
     /// Concurrent client connections. Default 10 000.
     pub max_connections: usize,
     /// Open tunnels (CONNECTs and redirected connections) one agent may hold,
     /// so one agent cannot take every connection slot. Default 1 024.
     pub max_connections_per_agent: usize,
+    /// Open connections from one client address, counted before anyone is identified,
+    /// so that no one address can take every connection slot. Default 2 048.
+    pub max_connections_per_peer: usize,
     /// How long shutdown waits for in-flight requests. Default 30 s.
     pub shutdown_grace: Duration,
 }
@@ -387,8 +396,11 @@ impl Default for Limits {
             body_progress_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_inspect_body: 8 * 1024 * 1024,
+            inspect_memory: 256 * 1024 * 1024,
+            inspect_memory_per_tenant: 64 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_agent: 1024,
+            max_connections_per_peer: 2048,
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -109,8 +109,11 @@ pub(super) struct RawLimits {
     pub(super) body_progress_timeout: Option<S<RawDuration>>,
     pub(super) max_header_bytes: Option<S<i64>>,
     pub(super) max_inspect_body: Option<S<i64>>,
+    pub(super) inspect_memory: Option<S<i64>>,
+    pub(super) inspect_memory_per_tenant: Option<S<i64>>,
     pub(super) max_connections: Option<S<i64>>,
     pub(super) max_connections_per_agent: Option<S<i64>>,
+    pub(super) max_connections_per_peer: Option<S<i64>>,
     pub(super) shutdown_grace: Option<S<RawDuration>>,
 }
 

@@ -125,8 +125,11 @@ const LIMITS: Table = Table {
         ("body_progress_timeout", V),
         ("max_header_bytes", V),
         ("max_inspect_body", V),
+        ("inspect_memory", V),
+        ("inspect_memory_per_tenant", V),
         ("max_connections", V),
         ("max_connections_per_agent", V),
+        ("max_connections_per_peer", V),
         ("shutdown_grace", V),
     ],
 };

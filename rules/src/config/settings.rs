@@ -327,11 +327,41 @@ impl Errors<'_> {
         if let Some(value) = self.positive(raw.max_inspect_body) {
             limits.max_inspect_body = value;
         }
+        let memory_span = raw
+            .inspect_memory_per_tenant
+            .as_ref()
+            .or(raw.inspect_memory.as_ref())
+            .map(|s| s.span());
+        if let Some(value) = self.positive(raw.inspect_memory) {
+            limits.inspect_memory = value;
+        }
+        if let Some(value) = self.positive(raw.inspect_memory_per_tenant) {
+            limits.inspect_memory_per_tenant = value;
+        }
+        // One body of the largest size must always fit, or it could never be inspected.
+        if let Some(span) = memory_span {
+            if limits.inspect_memory_per_tenant < limits.max_inspect_body
+                || limits.inspect_memory < limits.inspect_memory_per_tenant
+            {
+                self.at(
+                    &span,
+                    format!(
+                        "need max_inspect_body ({}) <= inspect_memory_per_tenant ({}) <= inspect_memory ({})",
+                        limits.max_inspect_body,
+                        limits.inspect_memory_per_tenant,
+                        limits.inspect_memory
+                    ),
+                );
+            }
+        }
         if let Some(value) = self.positive(raw.max_connections) {
             limits.max_connections = value;
         }
         if let Some(value) = self.positive(raw.max_connections_per_agent) {
             limits.max_connections_per_agent = value;
+        }
+        if let Some(value) = self.positive(raw.max_connections_per_peer) {
+            limits.max_connections_per_peer = value;
         }
         // Zero grace is a legitimate "stop now".
         if let Some(value) = self.duration(raw.shutdown_grace, true) {

@@ -147,6 +147,7 @@ async fn record(ctx: &Ctx, q: &Query, peer: SocketAddr, cfg: &DnsConfig, decisio
     let snap = ctx.policy.load();
     let mut rec = RequestRecord::new(&snap, LISTENER);
     rec.who = identify_peer(&snap.policy, &cfg.auth, peer.ip());
+    rec.peer = Some(peer.ip());
     rec.method = Some("DNS".to_owned());
     rec.target = Host::parse(&q.name).ok().map(|host| Target {
         host,
@@ -155,7 +156,7 @@ async fn record(ctx: &Ctx, q: &Query, peer: SocketAddr, cfg: &DnsConfig, decisio
     });
     rec.decision = decision;
     if rec
-        .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+        .commit_refusal(&ctx.ledger, &ctx.metrics, &ctx.webhooks, &ctx.refusals)
         .await
         .is_err()
     {
