@@ -153,6 +153,7 @@ async fn two_hundred_h2_streams_of_8_mib_from_one_agent_leave_another_tenant_ser
         .expect("the other tenant's request hung during the attack");
         assert_eq!(status, 200);
         served += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let statuses = tokio::time::timeout(Duration::from_secs(600), attack)
         .await
@@ -176,6 +177,21 @@ async fn two_hundred_h2_streams_of_8_mib_from_one_agent_leave_another_tenant_ser
     eprintln!("other tenant served {served} requests during the attack");
     let proxy = Arc::into_inner(proxy).unwrap();
     proxy.shutdown().await;
+}
+
+/// A response head, read byte by byte within `within` in all.
+async fn head_within(s: &mut TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    let deadline = tokio::time::Instant::now() + within;
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(1)) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// Raises this process's soft open-file limit to its hard limit (children
@@ -228,11 +244,14 @@ async fn ten_thousand_idle_tunnels_from_one_agent_leave_another_tenant_served() 
         batch.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.ok()?;
             s.write_all(connect.as_bytes()).await.ok()?;
-            let head = read_head(&mut s).await;
+            // Generous: 250 CONNECTs at once each wait for a durable record.
+            let head = head_within(&mut s, Duration::from_secs(60)).await;
             if head.starts_with("HTTP/1.1 200") {
                 opened.fetch_add(1, Ordering::SeqCst);
             } else if head.starts_with("HTTP/1.1 429") && head.contains("connection_limit") {
                 limited.fetch_add(1, Ordering::SeqCst);
+            } else {
+                eprintln!("attacker CONNECT answered: {head:?}");
             }
             Some(s)
         }));
