@@ -97,7 +97,12 @@ pub fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
 }
 
 /// The usual request pseudo-headers followed by `extra`.
-pub fn request_block(method: &str, authority: &str, path: &str, extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+pub fn request_block(
+    method: &str,
+    authority: &str,
+    path: &str,
+    extra: &[(&[u8], &[u8])],
+) -> Vec<u8> {
     let mut fields: Vec<(&[u8], &[u8])> = vec![
         (b":method", method.as_bytes()),
         (b":scheme", b"https"),
@@ -170,13 +175,10 @@ fn huffman_digits(s: &[u8]) -> Option<String> {
         if bits.len() - i < 8 && bits[i..].iter().all(|b| *b == 1) {
             break;
         }
-        match take(i, 5) {
-            Some(v @ 0..=2) => {
-                out.push(char::from(b'0' + v));
-                i += 5;
-                continue;
-            }
-            _ => {}
+        if let Some(v @ 0..=2) = take(i, 5) {
+            out.push(char::from(b'0' + v));
+            i += 5;
+            continue;
         }
         match take(i, 6) {
             Some(v @ 0x19..=0x1f) => {
@@ -224,12 +226,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawH2<S> {
     }
 
     /// One HEADERS frame carrying the whole block.
-    pub async fn headers(&mut self, stream: u32, block: &[u8], end_stream: bool) -> std::io::Result<()> {
+    pub async fn headers(
+        &mut self,
+        stream: u32,
+        block: &[u8],
+        end_stream: bool,
+    ) -> std::io::Result<()> {
         let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
         self.send(&frame(HEADERS, flags, stream, block)).await
     }
 
-    pub async fn data(&mut self, stream: u32, data: &[u8], end_stream: bool) -> std::io::Result<()> {
+    pub async fn data(
+        &mut self,
+        stream: u32,
+        data: &[u8],
+        end_stream: bool,
+    ) -> std::io::Result<()> {
         let flags = if end_stream { END_STREAM } else { 0 };
         self.send(&frame(DATA, flags, stream, data)).await
     }
@@ -248,7 +260,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawH2<S> {
                         ty: self.buf[3],
                         flags: self.buf[4],
                         stream: u32::from_be_bytes([
-                            self.buf[5], self.buf[6], self.buf[7], self.buf[8],
+                            self.buf[5],
+                            self.buf[6],
+                            self.buf[7],
+                            self.buf[8],
                         ]) & 0x7fff_ffff,
                         payload: self.buf[9..9 + len].to_vec(),
                     };
@@ -291,15 +306,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawH2<S> {
                     return status_of(&f.payload).map_or(Outcome::Silent, Outcome::Status);
                 }
                 RST_STREAM if f.stream == stream && f.payload.len() >= 4 => {
-                    let code =
-                        u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]);
+                    let code = u32::from_be_bytes([
+                        f.payload[0],
+                        f.payload[1],
+                        f.payload[2],
+                        f.payload[3],
+                    ]);
                     return Outcome::Reset(code);
                 }
                 GOAWAY if f.payload.len() >= 8 => {
-                    let last = u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]])
-                        & 0x7fff_ffff;
-                    let code =
-                        u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]);
+                    let last = u32::from_be_bytes([
+                        f.payload[0],
+                        f.payload[1],
+                        f.payload[2],
+                        f.payload[3],
+                    ]) & 0x7fff_ffff;
+                    let code = u32::from_be_bytes([
+                        f.payload[4],
+                        f.payload[5],
+                        f.payload[6],
+                        f.payload[7],
+                    ]);
                     if last < stream {
                         return Outcome::GoAway(code);
                     }

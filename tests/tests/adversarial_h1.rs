@@ -47,7 +47,12 @@ fn refusals(proxy: &TestProxy, reason: &str, dest: Option<&str>) -> Vec<Value> {
 }
 
 /// Waits (bounded) until exactly `n` such records exist, and returns them.
-async fn expect_refusals(proxy: &TestProxy, reason: &str, dest: Option<&str>, n: usize) -> Vec<Value> {
+async fn expect_refusals(
+    proxy: &TestProxy,
+    reason: &str,
+    dest: Option<&str>,
+    n: usize,
+) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let found = refusals(proxy, reason, dest);
@@ -217,7 +222,10 @@ async fn a_slowloris_head_is_cut_off_and_recorded_but_an_idle_keep_alive_is_not(
         AfterResponse::Closed
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(refusals(&proxy, "bad_request", Some("api.openai.com")).len(), 1);
+    assert_eq!(
+        refusals(&proxy, "bad_request", Some("api.openai.com")).len(),
+        1
+    );
     assert_eq!(refusals(&proxy, "bad_request", None).len(), 1);
     assert_eq!(origin.seen().len(), 2);
     proxy.shutdown().await;

@@ -147,8 +147,13 @@ async fn raw_h2(
     host: &str,
     who: (&str, &str),
 ) -> RawH2<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tcp = proxy.connect(&format!("{host}:443"), Some(who)).await.unwrap();
-    let tls = tls_client(tcp, &proxy.ca_roots, host, &[b"h2"]).await.unwrap();
+    let tcp = proxy
+        .connect(&format!("{host}:443"), Some(who))
+        .await
+        .unwrap();
+    let tls = tls_client(tcp, &proxy.ca_roots, host, &[b"h2"])
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     RawH2::handshake(tls).await.unwrap()
 }
@@ -313,13 +318,19 @@ async fn h2_smuggling_attempts_are_reset_and_never_reach_the_h1_origin() {
         .await
         .unwrap();
     c.data(1, b"{}", true).await.unwrap();
-    assert_eq!(c.outcome(1, Duration::from_secs(10)).await, Outcome::Status(200));
+    assert_eq!(
+        c.outcome(1, Duration::from_secs(10)).await,
+        Outcome::Status(200)
+    );
     let raw = origin.raw_text();
     assert!(
         raw.contains("POST /v1/chat/completions HTTP/1.1\r\n"),
         "the request did not go to the origin over HTTP/1.1:\n{raw}"
     );
-    assert!(!raw.contains("smuggled"), "the origin saw a smuggled request:\n{raw}");
+    assert!(
+        !raw.contains("smuggled"),
+        "the origin saw a smuggled request:\n{raw}"
+    );
     assert!(
         !raw.to_ascii_lowercase().contains("transfer-encoding"),
         "{raw}"
@@ -391,7 +402,8 @@ async fn h2_authority_fronting_gets_421_and_a_record_and_an_oversized_head_a_rec
             r["kind"] == "decision" && r["event_id"] == event.as_str()
         })
         .await;
-        let rec = rec.unwrap_or_else(|| panic!("{what}: no record\n{}", ledger_dump(&proxy.ledger_dir)));
+        let rec =
+            rec.unwrap_or_else(|| panic!("{what}: no record\n{}", ledger_dump(&proxy.ledger_dir)));
         assert_eq!(rec["reason"], *reason, "{what} (case {i})");
         assert_eq!(rec["decision"], "deny");
         assert_eq!(rec["agent"], AGENT);
@@ -411,9 +423,11 @@ async fn other_tenant_is_served(proxy: &TestProxy) {
         .unwrap();
     let mut tls = tls;
     use tokio::io::AsyncWriteExt;
-    tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    tls.write_all(
+        b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(60), read_response(&mut tls))
         .await
         .expect("the other tenant's request hung during the flood");
@@ -433,8 +447,18 @@ async fn a_rapid_reset_flood_is_cut_off_while_another_tenant_is_served() {
             // HEADERS then RST_STREAM(CANCEL), as fast as the socket takes them.
             for i in 0..20_000u32 {
                 let id = 2 * i + 1;
-                let mut burst = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, id, &block);
-                burst.extend(h2raw::frame(h2raw::RST_STREAM, 0, id, &h2raw::CANCEL.to_be_bytes()));
+                let mut burst = h2raw::frame(
+                    h2raw::HEADERS,
+                    h2raw::END_HEADERS | h2raw::END_STREAM,
+                    id,
+                    &block,
+                );
+                burst.extend(h2raw::frame(
+                    h2raw::RST_STREAM,
+                    0,
+                    id,
+                    &h2raw::CANCEL.to_be_bytes(),
+                ));
                 if c.send(&burst).await.is_err() {
                     break;
                 }
@@ -446,7 +470,12 @@ async fn a_rapid_reset_flood_is_cut_off_while_another_tenant_is_served() {
             while tokio::time::Instant::now() < deadline {
                 match c.next_frame(Duration::from_secs(5)).await {
                     Some(f) if f.ty == h2raw::GOAWAY => {
-                        goaway = Some(u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]));
+                        goaway = Some(u32::from_be_bytes([
+                            f.payload[4],
+                            f.payload[5],
+                            f.payload[6],
+                            f.payload[7],
+                        ]));
                     }
                     Some(_) => {}
                     None => break,

@@ -104,7 +104,8 @@ async fn connect_to_every_ssrf_spelling_is_refused_403_ssrf_blocked_and_recorded
         ledger_records(&proxy.ledger_dir)
             .iter()
             .filter(|r| {
-                r["kind"] == "decision" && (r["reason"] == "bad_request" || r["reason"] == "bad_framing")
+                r["kind"] == "decision"
+                    && (r["reason"] == "bad_request" || r["reason"] == "bad_framing")
             })
             .count()
     };
@@ -128,7 +129,12 @@ async fn connect_to_every_ssrf_spelling_is_refused_403_ssrf_blocked_and_recorded
         while malformed(&proxy) < i + 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(malformed(&proxy), i + 1, "{target}: {}", ledger_dump(&proxy.ledger_dir));
+        assert_eq!(
+            malformed(&proxy),
+            i + 1,
+            "{target}: {}",
+            ledger_dump(&proxy.ledger_dir)
+        );
     }
     assert!(origin.seen().is_empty());
     proxy.shutdown().await;
@@ -147,7 +153,11 @@ async fn look_alike_names_reach_no_route_and_spellings_of_the_real_one_reach_it(
     let (proxy, origin, _pki) = TestProxy::with_origin(NAMED_ROUTES).await;
     // Punycode homoglyphs are real, different names: the tunnel opens (port
     // 443) and the request inside is refused with no_route.
-    for name in ["xn--pi-7ld.openai.com", "api.openai.com.xn--80ak6aa92e.com", "api-openai.com"] {
+    for name in [
+        "xn--pi-7ld.openai.com",
+        "api.openai.com.xn--80ak6aa92e.com",
+        "api-openai.com",
+    ] {
         let resp = proxy
             .h1_request(
                 &format!("{name}:443"),
@@ -178,9 +188,12 @@ async fn look_alike_names_reach_no_route_and_spellings_of_the_real_one_reach_it(
     ] {
         let mut tls = proxy.tunnel_tls(target, sni, &[b"http/1.1"]).await;
         let host = target.trim_end_matches(":443");
-        tls.write_all(format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        tls.write_all(
+            format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let resp = read_response(&mut tls).await;
         assert_eq!(resp.status, 200, "{target}: {}", resp.head);
     }
@@ -207,12 +220,21 @@ async fn look_alike_names_reach_no_route_and_spellings_of_the_real_one_reach_it(
         assert!(resp.closed, "{shown}");
     }
     let seen = origin.seen();
-    assert_eq!(seen.len(), 2, "only the two real-host requests went out: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "only the two real-host requests went out: {seen:?}"
+    );
     let mismatches = ledger_records(&proxy.ledger_dir)
         .into_iter()
         .filter(|r| r["kind"] == "decision" && r["reason"] == "host_mismatch")
         .count();
-    assert_eq!(mismatches, fronting.len(), "{}", ledger_dump(&proxy.ledger_dir));
+    assert_eq!(
+        mismatches,
+        fronting.len(),
+        "{}",
+        ledger_dump(&proxy.ledger_dir)
+    );
     proxy.shutdown().await;
 }
 
@@ -258,7 +280,13 @@ impl RebindingDns {
     }
 }
 
-fn answer(q: &[u8], name: &str, count: &AtomicUsize, first: Ipv4Addr, then: Ipv4Addr) -> Option<Vec<u8>> {
+fn answer(
+    q: &[u8],
+    name: &str,
+    count: &AtomicUsize,
+    first: Ipv4Addr,
+    then: Ipv4Addr,
+) -> Option<Vec<u8>> {
     if q.len() < 12 {
         return None;
     }
@@ -303,7 +331,8 @@ async fn dns_rebinding_to_loopback_is_refused_and_the_dial_uses_only_the_checked
         let victim = Origin::start_tls_on(&pki, "127.0.0.1:0".parse().unwrap()).await;
         let port = victim.addr.port();
         if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
-            let allowed = Origin::start_tls_on(&pki, SocketAddr::from(([127, 0, 0, 2], port))).await;
+            let allowed =
+                Origin::start_tls_on(&pki, SocketAddr::from(([127, 0, 0, 2], port))).await;
             break (victim, allowed);
         }
     };
@@ -333,7 +362,14 @@ allow_private = ["127.0.0.2/32"]
     let cfg_path = dir.path().join("portcullis.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, format!("nameserver {}\noptions timeout:2 attempts:2\n", dns.addr.ip())).unwrap();
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\noptions timeout:2 attempts:2\n",
+            dns.addr.ip()
+        ),
+    )
+    .unwrap();
     // The proxy runs in its own mount namespace whose /etc/resolv.conf names
     // the test's DNS server; everything else is the host's.
     let mut cmd = std::process::Command::new("unshare");
@@ -348,7 +384,8 @@ allow_private = ["127.0.0.2/32"]
     let child = ProxyProcess::spawn(cmd);
     let ca_roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
     let target = format!("rebind.test:{port}");
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     let send = |path: &'static str| {
         let (target, ca_roots, raw) = (target.clone(), ca_roots.clone(), request(path));
         let addr = child.addr;
@@ -365,7 +402,9 @@ allow_private = ["127.0.0.2/32"]
             .unwrap();
             let head = read_head(&mut s).await;
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            let mut tls = tls_client(s, &ca_roots, "rebind.test", &[b"http/1.1"]).await.unwrap();
+            let mut tls = tls_client(s, &ca_roots, "rebind.test", &[b"http/1.1"])
+                .await
+                .unwrap();
             tls.write_all(raw.as_bytes()).await.unwrap();
             read_response(&mut tls).await
         }
@@ -380,11 +419,21 @@ allow_private = ["127.0.0.2/32"]
     let second = send("/second").await;
     assert_eq!(second.status, 403, "{}", second.head);
     assert_eq!(second.error_code(), "ssrf_blocked");
-    let message = second.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+    let message = second.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     assert!(message.contains("127.0.0.1"), "{message}");
-    assert!(victim.seen().is_empty(), "the rebound name reached loopback: {:?}", victim.seen());
+    assert!(
+        victim.seen().is_empty(),
+        "the rebound name reached loopback: {:?}",
+        victim.seen()
+    );
     assert_eq!(allowed.seen().len(), 1);
-    assert!(dns.a_queries.load(Ordering::SeqCst) >= 2, "the proxy did not use the test DNS server");
+    assert!(
+        dns.a_queries.load(Ordering::SeqCst) >= 2,
+        "the proxy did not use the test DNS server"
+    );
     let ledger = dir.path().join(".portcullis/ledger");
     let event = portcullis_tests::extra::event_id_of(&second.head).unwrap();
     let rec = wait_for_record(&ledger, Duration::from_secs(5), |r| {

@@ -42,9 +42,17 @@ path = "vault.json"
 fn make_vault(dir: &std::path::Path) -> String {
     let master = MasterKey::generate();
     let mut vault = Vault::create(&dir.join("vault.json"), &master).unwrap();
-    for (provider, key) in [("openai", OPENAI_VAULT_KEY), ("anthropic", ANTHROPIC_VAULT_KEY)] {
+    for (provider, key) in [
+        ("openai", OPENAI_VAULT_KEY),
+        ("anthropic", ANTHROPIC_VAULT_KEY),
+    ] {
         vault
-            .put("acme", provider, "default", Secret::api_key(key.as_bytes().to_vec()))
+            .put(
+                "acme",
+                provider,
+                "default",
+                Secret::api_key(key.as_bytes().to_vec()),
+            )
             .unwrap();
     }
     master.to_base64().as_str().to_owned()
@@ -72,7 +80,9 @@ fn percent_all(s: &str) -> String {
 fn url_encoded(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -104,8 +114,14 @@ async fn a_vault_key_leaving_for_another_host_is_refused_in_every_encoding() {
         ("base64", b.encode(key)),
         ("base64 without padding", b_nopad.encode(key)),
         ("base64url", b_url.encode(key)),
-        ("base64 of `user:key` (shifted)", b.encode(format!("u:{key}"))),
-        ("base64 of `ab:key` (shifted)", b.encode(format!("ab:{key}"))),
+        (
+            "base64 of `user:key` (shifted)",
+            b.encode(format!("u:{key}")),
+        ),
+        (
+            "base64 of `ab:key` (shifted)",
+            b.encode(format!("ab:{key}")),
+        ),
         ("hex", hex::encode(key)),
         ("HEX", hex::encode_upper(key)),
         ("url-encoded", url_encoded(key)),
@@ -114,7 +130,10 @@ async fn a_vault_key_leaving_for_another_host_is_refused_in_every_encoding() {
     let mut missed = Vec::new();
     for (what, enc) in &body_cases {
         let resp = proxy
-            .h1_request("api.anthropic.com:443", &post("api.anthropic.com", "/v1/messages", "", &chat(enc)))
+            .h1_request(
+                "api.anthropic.com:443",
+                &post("api.anthropic.com", "/v1/messages", "", &chat(enc)),
+            )
             .await;
         if resp.status != 403 || resp.error_code() != "secret_detected" {
             missed.push(format!("body, {what}: {}", resp.status));
@@ -134,7 +153,12 @@ async fn a_vault_key_leaving_for_another_host_is_refused_in_every_encoding() {
         let resp = proxy
             .h1_request(
                 "api.anthropic.com:443",
-                &post("api.anthropic.com", "/v1/messages", &format!("x-note: {enc}\r\n"), &chat("hi")),
+                &post(
+                    "api.anthropic.com",
+                    "/v1/messages",
+                    &format!("x-note: {enc}\r\n"),
+                    &chat("hi"),
+                ),
             )
             .await;
         if resp.status != 403 || resp.error_code() != "secret_detected" {
@@ -146,7 +170,12 @@ async fn a_vault_key_leaving_for_another_host_is_refused_in_every_encoding() {
     let resp = proxy
         .h1_request(
             "api.anthropic.com:443",
-            &post("api.anthropic.com", &format!("/v1/messages?note={}", percent_all(key)), "", &chat("hi")),
+            &post(
+                "api.anthropic.com",
+                &format!("/v1/messages?note={}", percent_all(key)),
+                "",
+                &chat("hi"),
+            ),
         )
         .await;
     assert_eq!(resp.error_code(), "secret_detected", "query");
@@ -240,7 +269,10 @@ async fn an_upstream_echoing_the_injected_key_never_hands_it_to_the_agent() {
     // passes unredacted by design, so an upstream echoing the key there is
     // not caught (reported as a known gap).
     for path in ["/echo/header", "/echo/json"] {
-        for (host, key) in [("api.openai.com", OPENAI_VAULT_KEY), ("api.anthropic.com", ANTHROPIC_VAULT_KEY)] {
+        for (host, key) in [
+            ("api.openai.com", OPENAI_VAULT_KEY),
+            ("api.anthropic.com", ANTHROPIC_VAULT_KEY),
+        ] {
             let raw = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-dummy\r\nx-api-key: sk-dummy\r\nConnection: close\r\n\r\n"
             );
@@ -268,10 +300,18 @@ hosts = ["api.openai.com"]
 models = ["gpt-4o-mini"]
 "#;
     let (proxy, origin, _pki) = TestProxy::with_origin(routes).await;
-    let get = |q: &str| format!("GET /v1/realtime?{q} HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n");
-    let ok = proxy.h1_request("api.openai.com:443", &get("model=gpt-4o-mini")).await;
+    let get = |q: &str| {
+        format!(
+            "GET /v1/realtime?{q} HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let ok = proxy
+        .h1_request("api.openai.com:443", &get("model=gpt-4o-mini"))
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.head);
-    let other = proxy.h1_request("api.openai.com:443", &get("model=gpt-4o")).await;
+    let other = proxy
+        .h1_request("api.openai.com:443", &get("model=gpt-4o"))
+        .await;
     assert_eq!(other.status, 403);
     assert_eq!(other.error_code(), "model_not_allowed");
     let before = origin.seen().len();
@@ -296,11 +336,20 @@ models = ["gpt-4o-mini"]
     let resp = proxy
         .h1_request(
             "api.openai.com:443",
-            &post("api.openai.com", "/v1/chat/completions?model=a&model=b", "", body),
+            &post(
+                "api.openai.com",
+                "/v1/chat/completions?model=a&model=b",
+                "",
+                body,
+            ),
         )
         .await;
     assert_eq!(resp.status, 400, "{}", resp.head);
-    assert_eq!(origin.seen().len(), before, "an ambiguous request reached the origin");
+    assert_eq!(
+        origin.seen().len(),
+        before,
+        "an ambiguous request reached the origin"
+    );
     proxy.shutdown().await;
 }
 
@@ -310,9 +359,10 @@ async fn an_agent_removed_by_an_admin_reload_is_refused_on_its_open_h2_tunnel_an
     let tls = proxy
         .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"h2"])
         .await;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let request = || {
         hyper::Request::builder()
@@ -334,12 +384,20 @@ async fn an_agent_removed_by_an_admin_reload_is_refused_on_its_open_h2_tunnel_an
     std::fs::write(&path, old.replace(&block, "")).unwrap();
     let generation = proxy.proxy.as_ref().unwrap().policy_generation();
     let reload = proxy.admin("POST", "/v1/reload", Some(ADMIN_TOKEN)).await;
-    assert_eq!(reload.status, 200, "{}", String::from_utf8_lossy(&reload.body));
+    assert_eq!(
+        reload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reload.body)
+    );
     assert!(proxy.proxy.as_ref().unwrap().policy_generation() > generation);
     // The next request on the same h2 connection is refused.
     let after = send.send_request(request()).await.unwrap();
     assert_eq!(after.status(), 407);
-    let event = after.headers()["x-portcullis-event-id"].to_str().unwrap().to_owned();
+    let event = after.headers()["x-portcullis-event-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = after.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"]["code"], "auth_failed");
@@ -352,7 +410,11 @@ async fn an_agent_removed_by_an_admin_reload_is_refused_on_its_open_h2_tunnel_an
     assert_eq!(rec["decision"], "deny");
     assert_eq!(rec["agent"], AGENT, "the record names whose tunnel it was");
     assert_eq!(rec["dest_host"], "api.anthropic.com");
-    assert_eq!(origin.seen().len(), 1, "the refused request reached the origin");
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "the refused request reached the origin"
+    );
     // And a new CONNECT with the old token is refused outright.
     let err = proxy
         .connect("api.anthropic.com:443", Some((AGENT, TOKEN)))

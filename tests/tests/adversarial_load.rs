@@ -61,7 +61,10 @@ impl Body for Chunks {
 }
 
 /// One small request of the other tenant on a fresh tunnel (h1).
-async fn other_tenant_request(proxy_addr: std::net::SocketAddr, roots: &rustls::RootCertStore) -> u16 {
+async fn other_tenant_request(
+    proxy_addr: std::net::SocketAddr,
+    roots: &rustls::RootCertStore,
+) -> u16 {
     let mut s = TcpStream::connect(proxy_addr).await.unwrap();
     s.write_all(
         format!(
@@ -73,11 +76,18 @@ async fn other_tenant_request(proxy_addr: std::net::SocketAddr, roots: &rustls::
     .await
     .unwrap();
     let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "the other tenant's CONNECT: {head}");
-    let mut tls = tls_client(s, roots, "api.anthropic.com", &[b"http/1.1"]).await.unwrap();
-    tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: close\r\n\r\n")
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the other tenant's CONNECT: {head}"
+    );
+    let mut tls = tls_client(s, roots, "api.anthropic.com", &[b"http/1.1"])
         .await
         .unwrap();
+    tls.write_all(
+        b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     read_response_keep_open(&mut tls).await.status
 }
 
@@ -171,7 +181,10 @@ async fn two_hundred_h2_streams_of_8_mib_from_one_agent_leave_another_tenant_ser
         .count();
     assert_eq!(blocked, 200, "{}", ledger_dump(&proxy.ledger_dir));
     assert!(
-        origin.seen().iter().all(|s| s.path != "/v1/messages" || s.body.len() < 1024),
+        origin
+            .seen()
+            .iter()
+            .all(|s| s.path != "/v1/messages" || s.body.len() < 1024),
         "an attacker body reached the origin"
     );
     eprintln!("other tenant served {served} requests during the attack");
@@ -215,19 +228,33 @@ async fn ten_thousand_idle_tunnels_from_one_agent_leave_another_tenant_served() 
     let limit = raise_nofile();
     // The proxy runs as its own process, so its sockets and ours count
     // against separate limits. Scale down only if the hard limit forces it.
-    let n: usize = 10_000.min(usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(1_000));
+    let n: usize = 10_000.min(
+        usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1_000),
+    );
     eprintln!("open-file limit {limit}: {n} idle connections");
-    assert!(n >= 4_000, "the open-file hard limit ({limit}) is too low for this test");
+    assert!(
+        n >= 4_000,
+        "the open-file hard limit ({limit}) is too low for this test"
+    );
     let pki = OriginPki::new();
     let origin = Origin::start_tls(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     // Idle connections are held for as long as the test runs: the header
     // and handshake timers do not rescue the other tenant here.
-    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), ROUTES)
-        .replace("client_header_timeout = \"2s\"", "client_header_timeout = \"300s\"");
+    let cfg = proxy_config(origin.addr, &pki, &dir.path().join("ca"), ROUTES).replace(
+        "client_header_timeout = \"2s\"",
+        "client_header_timeout = \"300s\"",
+    );
     let cfg_path = dir.path().join("portcullis.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let proxy = ProxyProcess::start_logging(&cfg_path, dir.path(), "error", std::process::Stdio::inherit());
+    let proxy = ProxyProcess::start_logging(
+        &cfg_path,
+        dir.path(),
+        "error",
+        std::process::Stdio::inherit(),
+    );
     let roots = roots_from_pem(&dir.path().join("ca/ca.pem"));
     let addr = proxy.addr;
     // The attacker: CONNECT with its own credentials, then nothing at all.
@@ -264,20 +291,30 @@ async fn ten_thousand_idle_tunnels_from_one_agent_leave_another_tenant_served() 
         }
         // The other tenant, every 2,000 attacker connections.
         if i % 2_000 == 1_999 {
-            let status = tokio::time::timeout(Duration::from_secs(60), other_tenant_request(addr, &roots))
-                .await
-                .expect("the other tenant's request hung");
+            let status =
+                tokio::time::timeout(Duration::from_secs(60), other_tenant_request(addr, &roots))
+                    .await
+                    .expect("the other tenant's request hung");
             assert_eq!(status, 200);
         }
     }
-    assert_eq!(held.len(), n, "some attacker connections could not even be opened");
-    assert_eq!(opened.load(Ordering::SeqCst), 1024, "the per-agent cap did not hold");
+    assert_eq!(
+        held.len(),
+        n,
+        "some attacker connections could not even be opened"
+    );
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1024,
+        "the per-agent cap did not hold"
+    );
     assert_eq!(limited.load(Ordering::SeqCst), n - 1024);
     // All of them still open on our side; the other tenant is still served.
     for _ in 0..3 {
-        let status = tokio::time::timeout(Duration::from_secs(60), other_tenant_request(addr, &roots))
-            .await
-            .expect("the other tenant's request hung");
+        let status =
+            tokio::time::timeout(Duration::from_secs(60), other_tenant_request(addr, &roots))
+                .await
+                .expect("the other tenant's request hung");
         assert_eq!(status, 200);
     }
     drop(held);
@@ -285,7 +322,9 @@ async fn ten_thousand_idle_tunnels_from_one_agent_leave_another_tenant_served() 
     let records = ledger_records(&dir.path().join(".portcullis/ledger"));
     let capped = records
         .iter()
-        .filter(|r| r["kind"] == "decision" && r["reason"] == "connection_limit" && r["agent"] == AGENT)
+        .filter(|r| {
+            r["kind"] == "decision" && r["reason"] == "connection_limit" && r["agent"] == AGENT
+        })
         .count();
     assert_eq!(capped, n - 1024, "every refused tunnel is recorded");
 }

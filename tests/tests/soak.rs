@@ -71,7 +71,12 @@ async fn faulty(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none")
         .to_owned();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     f.seen.lock().unwrap().push(rid);
     let stream = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -85,15 +90,24 @@ async fn faulty(
             .unwrap())
     };
     match f.n.fetch_add(1, Ordering::SeqCst) % 20 {
-        3 => json(500, serde_json::json!({"error": {"message": "boom", "type": "server_error"}})),
-        8 => json(503, serde_json::json!({"error": {"message": "overloaded", "type": "server_error"}})),
+        3 => json(
+            500,
+            serde_json::json!({"error": {"message": "boom", "type": "server_error"}}),
+        ),
+        8 => json(
+            503,
+            serde_json::json!({"error": {"message": "overloaded", "type": "server_error"}}),
+        ),
         // Past the proxy's response_header_timeout (2 s): a 504.
         12 => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             json(200, serde_json::json!({}))
         }
         // The connection (h1) or stream (h2) is torn down: a 502.
-        16 => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset")),
+        16 => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "fault: reset",
+        )),
         _ if stream => {
             let mut sse = String::new();
             for word in ["Hello", " from", " the", " origin"] {
@@ -116,7 +130,10 @@ async fn faulty(
     }
 }
 
-async fn start_origin(pki: &OriginPki, faults: Arc<Faults>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+async fn start_origin(
+    pki: &OriginPki,
+    faults: Arc<Faults>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let tls = pki.server_config(&[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -168,14 +185,21 @@ type Answers = Arc<Mutex<HashMap<String, String>>>;
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
 /// One h2 connection, reused until it fails, then another.
-async fn h2_client(proxy: SocketAddr, roots: rustls::RootCertStore, stop: Arc<AtomicBool>, answers: Answers) {
+async fn h2_client(
+    proxy: SocketAddr,
+    roots: rustls::RootCertStore,
+    stop: Arc<AtomicBool>,
+    answers: Answers,
+) {
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
-        let Some(tls) = tunnel(proxy, &roots, "api.openai.com", (AGENT, TOKEN), &[b"h2"]).await else {
+        let Some(tls) = tunnel(proxy, &roots, "api.openai.com", (AGENT, TOKEN), &[b"h2"]).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
+        let Ok((mut send, conn)) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
         else {
             continue;
         };
@@ -190,11 +214,17 @@ async fn h2_client(proxy: SocketAddr, roots: rustls::RootCertStore, stop: Arc<At
                 .header("x-request-id", rid.as_str())
                 .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
                 .unwrap();
-            let Ok(resp) = tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await else {
+            let Ok(resp) =
+                tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await
+            else {
                 break;
             };
             let Ok(resp) = resp else { break };
-            if let Some(ev) = resp.headers().get("x-portcullis-event-id").and_then(|v| v.to_str().ok()) {
+            if let Some(ev) = resp
+                .headers()
+                .get("x-portcullis-event-id")
+                .and_then(|v| v.to_str().ok())
+            {
                 answers.lock().unwrap().insert(rid, ev.to_owned());
             }
             let _ = resp.into_body().collect().await;
@@ -203,12 +233,25 @@ async fn h2_client(proxy: SocketAddr, roots: rustls::RootCertStore, stop: Arc<At
 }
 
 /// A fresh tunnel per request, as the other tenant.
-async fn h1_client(proxy: SocketAddr, roots: rustls::RootCertStore, stop: Arc<AtomicBool>, answers: Answers, tag: usize) {
+async fn h1_client(
+    proxy: SocketAddr,
+    roots: rustls::RootCertStore,
+    stop: Arc<AtomicBool>,
+    answers: Answers,
+    tag: usize,
+) {
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let rid = format!("h1-{tag}-{i}");
-        let Some(mut tls) = tunnel(proxy, &roots, "api.anthropic.com", (OTHER_AGENT, OTHER_TOKEN), &[b"http/1.1"]).await
+        let Some(mut tls) = tunnel(
+            proxy,
+            &roots,
+            "api.anthropic.com",
+            (OTHER_AGENT, OTHER_TOKEN),
+            &[b"http/1.1"],
+        )
+        .await
         else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -262,7 +305,11 @@ fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 fn write_config(path: &Path, base: &str, toggle: bool) {
-    let text = if toggle { format!("{base}\n{TOGGLE}") } else { base.to_owned() };
+    let text = if toggle {
+        format!("{base}\n{TOGGLE}")
+    } else {
+        base.to_owned()
+    };
     std::fs::write(path, text).unwrap();
 }
 
@@ -273,8 +320,10 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
     let faults = Arc::new(Faults::default());
     let (origin_addr, origin_task) = start_origin(&pki, faults.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let base = proxy_config(origin_addr, &pki, &dir.path().join("ca"), ROUTES)
-        .replace("response_header_timeout = \"10s\"", "response_header_timeout = \"2s\"");
+    let base = proxy_config(origin_addr, &pki, &dir.path().join("ca"), ROUTES).replace(
+        "response_header_timeout = \"10s\"",
+        "response_header_timeout = \"2s\"",
+    );
     let cfg_path = dir.path().join("portcullis.toml");
     write_config(&cfg_path, &base, false);
     let stderr_path = dir.path().join("stderr.log");
@@ -286,9 +335,20 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
     let answers: Answers = Arc::default();
 
     // The clients.
-    let mut clients = vec![tokio::spawn(h2_client(proxy.addr, roots.clone(), stop.clone(), answers.clone()))];
+    let mut clients = vec![tokio::spawn(h2_client(
+        proxy.addr,
+        roots.clone(),
+        stop.clone(),
+        answers.clone(),
+    ))];
     for tag in 0..2 {
-        clients.push(tokio::spawn(h1_client(proxy.addr, roots.clone(), stop.clone(), answers.clone(), tag)));
+        clients.push(tokio::spawn(h1_client(
+            proxy.addr,
+            roots.clone(),
+            stop.clone(),
+            answers.clone(),
+            tag,
+        )));
     }
     let py = {
         let mut cmd = std::process::Command::new(python);
@@ -298,7 +358,10 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", dir.path())
-            .env("HTTPS_PROXY", format!("http://{AGENT}:{TOKEN}@{}", proxy.addr))
+            .env(
+                "HTTPS_PROXY",
+                format!("http://{AGENT}:{TOKEN}@{}", proxy.addr),
+            )
             .env("SSL_CERT_FILE", dir.path().join("ca/ca.pem"));
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
     };
@@ -312,7 +375,9 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 on = !on;
                 write_config(&cfg_path, &base, on);
-                let _ = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status();
                 n += 1;
             }
             n
@@ -327,25 +392,41 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
         peak = peak.max(vm_rss_kib(pid));
     }
     stop.store(true, Ordering::SeqCst);
-    let py = tokio::time::timeout(Duration::from_secs(120), py).await.expect("the SDK client hung").unwrap();
+    let py = tokio::time::timeout(Duration::from_secs(120), py)
+        .await
+        .expect("the SDK client hung")
+        .unwrap();
     for c in clients {
-        tokio::time::timeout(Duration::from_secs(60), c).await.expect("a client hung").unwrap();
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("a client hung")
+            .unwrap();
     }
     let reloads = reloader.await.unwrap();
     let fin = vm_rss_kib(pid);
     let py_out = String::from_utf8_lossy(&py.stdout).into_owned();
-    assert!(py.status.success(), "python: {py_out}\n{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "python: {py_out}\n{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let mut statuses: HashMap<String, usize> = HashMap::new();
     for line in py_out.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         if let ["RID", rid, ev, status] = parts[..] {
             *statuses.entry((*status).to_owned()).or_default() += 1;
             if ev != "-" {
-                answers.lock().unwrap().insert((*rid).to_owned(), ev.to_owned());
+                answers
+                    .lock()
+                    .unwrap()
+                    .insert((*rid).to_owned(), ev.to_owned());
             }
         }
     }
-    assert!(proxy.terminate().success(), "the proxy did not stop cleanly");
+    assert!(
+        proxy.terminate().success(),
+        "the proxy did not stop cleanly"
+    );
     origin_task.abort();
 
     // No panic, anywhere in the proxy's stderr.
@@ -357,7 +438,10 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
     // The faults and the reloads really happened.
     assert!(reloads >= 30, "{reloads} reloads");
     for s in ["200", "500", "503", "502", "504"] {
-        assert!(statuses.contains_key(s), "the SDK never saw {s}: {statuses:?}");
+        assert!(
+            statuses.contains_key(s),
+            "the SDK never saw {s}: {statuses:?}"
+        );
     }
     // Every request the origin saw has its allow decision and its outcome.
     let ledger = dir.path().join(".portcullis/ledger");
@@ -373,26 +457,56 @@ async fn a_minute_of_real_clients_under_origin_faults_and_reloads_leaves_a_whole
         .filter_map(|r| r["event_id"].as_str())
         .collect();
     let seen = faults.seen.lock().unwrap().clone();
-    assert!(seen.len() >= 200, "only {} requests reached the origin", seen.len());
+    assert!(
+        seen.len() >= 200,
+        "only {} requests reached the origin",
+        seen.len()
+    );
     let unique: HashSet<&String> = seen.iter().collect();
-    assert_eq!(unique.len(), seen.len(), "a request reached the origin twice");
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a request reached the origin twice"
+    );
     let answers = answers.lock().unwrap();
     let mut unanswered = 0;
     for rid in &seen {
         match answers.get(rid) {
             Some(ev) => {
-                assert!(allows.contains(ev.as_str()), "{rid} ({ev}) reached the origin without an allow record");
-                assert!(outcomes.contains(ev.as_str()), "{rid} ({ev}) has no outcome record");
+                assert!(
+                    allows.contains(ev.as_str()),
+                    "{rid} ({ev}) reached the origin without an allow record"
+                );
+                assert!(
+                    outcomes.contains(ev.as_str()),
+                    "{rid} ({ev}) has no outcome record"
+                );
             }
             None => unanswered += 1,
         }
     }
     // A request whose answer never reached its client (a client that gave up)
     // still counts: there are at least as many allows as requests seen.
-    assert!(allows.len() >= seen.len(), "{} allows for {} requests seen", allows.len(), seen.len());
-    assert!(unanswered * 20 <= seen.len(), "{unanswered} of {} requests seen went unanswered", seen.len());
-    let generations: HashSet<u64> = records.iter().filter_map(|r| r["policy_generation"].as_u64()).collect();
-    assert!(generations.len() >= 10, "requests ran under only {} policy generations", generations.len());
+    assert!(
+        allows.len() >= seen.len(),
+        "{} allows for {} requests seen",
+        allows.len(),
+        seen.len()
+    );
+    assert!(
+        unanswered * 20 <= seen.len(),
+        "{unanswered} of {} requests seen went unanswered",
+        seen.len()
+    );
+    let generations: HashSet<u64> = records
+        .iter()
+        .filter_map(|r| r["policy_generation"].as_u64())
+        .collect();
+    assert!(
+        generations.len() >= 10,
+        "requests ran under only {} policy generations",
+        generations.len()
+    );
     // And the chain verifies.
     let out = std::process::Command::new(portcullis_bin())
         .args(["ledger", "verify"])

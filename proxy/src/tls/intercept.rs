@@ -21,10 +21,10 @@ use super::Tunnel;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
 use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Wire};
+use crate::http::body::ProxyBody;
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
-use crate::http::body::ProxyBody;
 use crate::record::RequestRecord;
 use crate::rescue::{record_connection_refusal, rescue, Refusal};
 
