@@ -120,6 +120,44 @@ pub async fn rescue(ctx: &Ctx, rec: &mut RequestRecord, refusal: Refusal) -> Res
     respond(&refusal, rec.decision.action, &rec.event_id)
 }
 
+/// An HTTP/1 connection ended with a request refused where no request
+/// reached the driver, so this record is the only evidence of the refusal:
+/// hyper answered a head itself (`400`, `414` or `431` for a head the framing
+/// guard let through but hyper's own parser refused), or the header-read
+/// timeout cut off a head that had started (slowloris; `partial_head` from
+/// the guard). Other connection errors (a reset, an idle keep-alive timing
+/// out) refuse nothing and are not recorded.
+pub async fn record_connection_refusal(
+    ctx: &Ctx,
+    listener: &str,
+    tunnel: Option<(&crate::flow::Target, &crate::identity::Identity)>,
+    err: &hyper::Error,
+    partial_head: bool,
+) {
+    let reason = if err.is_parse() {
+        Reason::BadFraming
+    } else if err.is_timeout() && partial_head {
+        Reason::BadRequest
+    } else {
+        return;
+    };
+    let snap = ctx.policy.load();
+    let mut rec = RequestRecord::new(&snap, listener);
+    if let Some((target, who)) = tunnel {
+        rec.target = Some(target.clone());
+        rec.who = Some(who.clone());
+    }
+    rec.decision = Decision::deny(reason);
+    tracing::info!(error = %err, "request head refused on the connection itself");
+    if rec
+        .commit(&ctx.ledger, &ctx.metrics, &ctx.webhooks)
+        .await
+        .is_err()
+    {
+        tracing::error!("ledger unavailable: a refused request head was not recorded");
+    }
+}
+
 /// The fail-closed refusal for a ledger that cannot be written.
 pub fn ledger_unavailable() -> Refusal {
     Refusal::deny(Reason::LedgerUnavailable)

@@ -170,6 +170,12 @@ impl Policy {
             }
         }
 
+        // A model named twice in the query: the route would judge the first,
+        // the upstream may use the last.
+        if classified.model_ambiguous {
+            return finish(Decision::deny(Reason::BadRequest), class, hits, None);
+        }
+
         // 2. The route.
         let (route, replace_model) = match self.walk(agent, req, &class, &body, trace) {
             Walk::Decided(decision) => return finish(decision, class, hits, None),

@@ -33,6 +33,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use portcullis::RunningProxy;
 pub mod extra;
+pub mod h2raw;
 pub mod netns;
 pub mod redis;
 
@@ -950,18 +951,22 @@ impl ProxyProcess {
         stderr: std::process::Stdio,
         env: &[(&str, &str)],
     ) -> ProxyProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(portcullis_bin())
-            .arg("run")
+        let mut cmd = std::process::Command::new(portcullis_bin());
+        cmd.arg("run")
             .arg("--config")
             .arg(config)
             .current_dir(cwd)
             .envs(env.iter().copied())
             .env("PORTCULLIS_LOG", filter)
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .stderr(stderr);
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (a `portcullis run`, possibly under a wrapper such as
+    /// `unshare`) with stdout piped, and waits for its `# ready` line.
+    pub fn spawn(mut cmd: std::process::Command) -> ProxyProcess {
+        use std::io::BufRead;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

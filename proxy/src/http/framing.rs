@@ -18,6 +18,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,7 +31,9 @@ pub const FRAMING_HEADER: &str = "x-portcullis-framing";
 /// TLS layer below buffers whole records) and costs every idle connection.
 const IN_BUF: usize = 8 * 1024;
 const MAX_CHUNK_LINE: usize = 1024;
-const MAX_HEADERS: usize = 128;
+/// hyper's own limit (its default, 100): the guard refuses first, so a head
+/// with too many headers gets a recorded `431` instead of hyper's bare one.
+const MAX_HEADERS: usize = 100;
 
 /// Why a request's framing was refused. Codes are stable and appear in the
 /// client's error body and in logs.
@@ -142,6 +146,9 @@ pub struct FramingGuard<S> {
     trailer_len: usize,
     /// A synthetic error head was queued.
     rejected: bool,
+    /// Part of a head is in and the rest is not: what a header-read timeout
+    /// cut off, for the connection's refusal record.
+    partial_head: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -175,10 +182,17 @@ impl<S> FramingGuard<S> {
             line_len: 0,
             trailer_len: 0,
             rejected: false,
+            partial_head: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// True while a request head has started but not ended.
+    pub fn partial_head(&self) -> Arc<AtomicBool> {
+        self.partial_head.clone()
+    }
+
     fn reject_head(&mut self, v: Violation) {
+        self.partial_head.store(false, Ordering::Relaxed);
         tracing::info!(violation = v.code(), "refusing request with bad framing");
         self.head.clear();
         self.out.extend_from_slice(
@@ -233,6 +247,9 @@ impl<S> FramingGuard<S> {
                     if let Err(v) = scan_line_byte(&mut self.line, b, true) {
                         return self.reject_head(v);
                     }
+                    if self.head.is_empty() {
+                        self.partial_head.store(true, Ordering::Relaxed);
+                    }
                     self.head.push(b);
                     if self.head.len() > self.max_head {
                         return self.reject_head(Violation::HeadTooLarge);
@@ -241,6 +258,7 @@ impl<S> FramingGuard<S> {
                         match check_head(&self.head) {
                             Ok(next) => {
                                 self.out.append(&mut self.head);
+                                self.partial_head.store(false, Ordering::Relaxed);
                                 self.start_line_scan();
                                 self.state = next;
                                 if next == State::ChunkSize {

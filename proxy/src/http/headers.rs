@@ -86,6 +86,20 @@ pub fn scrub_response_headers(headers: &mut HeaderMap, upgrade: bool, event_id: 
     }
 }
 
+/// An upstream that echoes the injected key in a response header (an error's
+/// `WWW-Authenticate`, a debug header) does not hand it to the agent: a value
+/// holding a vault key, in any encoding, is replaced whole.
+pub fn redact_vault_keys(vault: &portcullis_rules::VaultScanner, headers: &mut HeaderMap) {
+    if vault.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if !vault.scan(value.as_bytes()).is_empty() {
+            *value = HeaderValue::from_static("[REDACTED]");
+        }
+    }
+}
+
 /// A WebSocket handshake: `Upgrade: websocket` and `Connection: upgrade`.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
     let upgrade = req

@@ -26,7 +26,7 @@ use crate::identity::{identify, Identity};
 use crate::pipeline;
 use crate::policy::PolicySnapshot;
 use crate::record::{OutcomeGuard, RequestRecord};
-use crate::rescue::{ledger_unavailable, rescue, Refusal};
+use crate::rescue::{ledger_unavailable, record_connection_refusal, rescue, Refusal};
 use crate::tls::{self, Tunnel};
 
 /// Serves one accepted client connection until it closes.
@@ -40,6 +40,7 @@ pub async fn serve(
     async move {
         let nonce = new_nonce();
         let guard = FramingGuard::new(tcp, nonce.clone(), ctx.limits.max_header_bytes);
+        let partial_head = guard.partial_head();
         let flow = Arc::new(Flow {
             listener: info.name.clone(),
             entry: Entry::Plain {
@@ -76,6 +77,14 @@ pub async fn serve(
         );
         if let Err(e) = res {
             tracing::debug!(error = %e, "client connection ended with an error");
+            record_connection_refusal(
+                &ctx,
+                &info.name,
+                None,
+                &e,
+                partial_head.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .await;
         }
     }
     .instrument(span)

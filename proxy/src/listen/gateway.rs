@@ -19,6 +19,7 @@ use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Phase, Wire};
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
+use crate::rescue::record_connection_refusal;
 
 pub async fn serve(
     ctx: Arc<Ctx>,
@@ -30,6 +31,7 @@ pub async fn serve(
     async move {
         let nonce = new_nonce();
         let guard = FramingGuard::new(tcp, nonce.clone(), ctx.limits.max_header_bytes);
+        let partial_head = guard.partial_head();
         let flow = Arc::new(Flow {
             listener: info.name.clone(),
             entry: Entry::Gateway {
@@ -60,6 +62,14 @@ pub async fn serve(
         );
         if let Err(e) = res {
             tracing::debug!(error = %e, "gateway connection ended with an error");
+            record_connection_refusal(
+                &ctx,
+                &info.name,
+                None,
+                &e,
+                partial_head.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .await;
         }
     }
     .instrument(span)

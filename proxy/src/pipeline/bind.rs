@@ -43,6 +43,11 @@ pub fn bind(
             if let Some(v) = framing::violation_of(&req, nonce) {
                 // The synthetic request's method is ours, not the client's.
                 rec.method = None;
+                // Inside a tunnel, the record still says whose and where to.
+                if let Entry::Tunnel { who, target, .. } = &flow.entry {
+                    rec.who = Some(who.clone());
+                    rec.target = Some(target.clone());
+                }
                 return Err(framing_refusal(v));
             }
         }
@@ -58,6 +63,8 @@ pub fn bind(
         Entry::Tunnel { who, target, .. } => {
             rec.target = Some(target.clone());
             if !who.still_valid(&snap.policy) {
+                // The record names the identity the tunnel was opened with.
+                rec.who = Some(who.clone());
                 return Err(Refusal::deny(Reason::AuthFailed).close());
             }
             (who.clone(), target.clone())

@@ -18,7 +18,9 @@ use crate::ctx::Ctx;
 use crate::flow::Flow;
 use crate::flow::Phase;
 use crate::http::body::{empty, End, Metered, ProxyBody, Redacting, Tap};
-use crate::http::headers::{redactable, scrub_request_headers, scrub_response_headers};
+use crate::http::headers::{
+    redact_vault_keys, redactable, scrub_request_headers, scrub_response_headers,
+};
 use crate::http::relay::relay;
 use crate::http::usage::{Usage, UsageMeter};
 use crate::metrics::{Phase as MetricPhase, UpstreamErrorKind};
@@ -79,6 +81,7 @@ pub async fn send(
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
             scrub_response_headers(&mut parts.headers, true, &event_id);
+            redact_vault_keys(&ctx.vault, &mut parts.headers);
             tokio::spawn(
                 websocket_session(
                     ctx.clone(),
@@ -94,6 +97,7 @@ pub async fn send(
     }
     let (mut parts, body) = resp.into_parts();
     scrub_response_headers(&mut parts.headers, false, &event_id);
+    redact_vault_keys(&ctx.vault, &mut parts.headers);
     // The meter reads the upstream's own bytes as they pass (before redaction);
     // Bedrock may also report usage in headers.
     let content_type = parts

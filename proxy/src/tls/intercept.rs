@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portcullis_rules::Host;
+use portcullis_rules::{Host, Reason};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -21,9 +21,12 @@ use super::Tunnel;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
 use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Wire};
+use crate::http::body::ProxyBody;
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
 use crate::pipeline;
+use crate::record::RequestRecord;
+use crate::rescue::{record_connection_refusal, rescue, Refusal};
 
 /// Concurrent h2 streams one intercepted connection may open.
 pub const H2_MAX_STREAMS: u32 = 64;
@@ -104,7 +107,12 @@ where
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
             let ctx = svc_ctx.clone();
             let flow = flow.clone();
-            async move { Ok::<_, Infallible>(pipeline::drive(ctx, flow, req).await) }
+            async move {
+                if h2_head_size(&req) > ctx.limits.max_header_bytes {
+                    return Ok::<_, Infallible>(refuse_oversized_head(&ctx, &flow, &req).await);
+                }
+                Ok::<_, Infallible>(pipeline::drive(ctx, flow, req).await)
+            }
         });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -113,7 +121,11 @@ where
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_local_error_reset_streams(H2_MAX_PENDING_RESETS)
-            .max_header_list_size(u32::try_from(ctx.limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Twice the limit: a head between the two gets our recorded 431
+            // (`refuse_oversized_head`), not the library's unrecorded one.
+            .max_header_list_size(
+                u32::try_from(ctx.limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            )
             // PINGs keep a quiet connection (a held approval, a slow model) alive.
             .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
@@ -131,6 +143,45 @@ where
     }
 }
 
+/// An h2 request head's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
+/// (RFC 9113 §6.5.2: name, value and 32 octets per field), pseudo-headers
+/// included.
+fn h2_head_size<B>(req: &hyper::Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let uri = req.uri();
+    let pseudo = req.method().as_str().len()
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, str::len)
+        + 4 * 32
+        + ":method:path:authority:scheme".len();
+    fields + pseudo
+}
+
+/// A head over `max_header_bytes`: the same `431 bad_framing` an HTTP/1 head
+/// gets, recorded.
+async fn refuse_oversized_head<B>(
+    ctx: &Ctx,
+    flow: &Flow,
+    req: &hyper::Request<B>,
+) -> hyper::Response<ProxyBody> {
+    let snap = ctx.policy.load();
+    let mut rec = RequestRecord::new(&snap, &flow.listener);
+    rec.method = Some(req.method().as_str().to_owned());
+    if let Entry::Tunnel { target, who, .. } = &flow.entry {
+        rec.target = Some(target.clone());
+        rec.who = Some(who.clone());
+    }
+    let refusal = Refusal::deny(Reason::BadFraming)
+        .detail("request framing rejected: head_too_large")
+        .status(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    rescue(ctx, &mut rec, refusal).await
+}
+
 /// Serves HTTP/1.1 behind the framing guard: inside an intercepted tunnel, or
 /// on a redirected plain-HTTP connection.
 pub async fn serve_h1<IO>(
@@ -144,12 +195,14 @@ pub async fn serve_h1<IO>(
 {
     let nonce = new_nonce();
     let guard = FramingGuard::new(io, nonce.clone(), ctx.limits.max_header_bytes);
+    let partial_head = guard.partial_head();
     let flow = Arc::new(Flow {
         listener,
         entry,
         wire: Wire::Http1 { nonce },
         slot,
     });
+    let conn_flow = flow.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let ctx = svc_ctx.clone();
@@ -173,6 +226,12 @@ pub async fn serve_h1<IO>(
     );
     if let Err(e) = res {
         tracing::debug!(error = %e, "h1 connection ended with an error");
+        let tunnel = match &conn_flow.entry {
+            Entry::Tunnel { target, who, .. } => Some((target, who)),
+            _ => None,
+        };
+        let partial = partial_head.load(std::sync::atomic::Ordering::Relaxed);
+        record_connection_refusal(&ctx, &conn_flow.listener, tunnel, &e, partial).await;
     }
 }
 

@@ -27,6 +27,7 @@ impl Catalog {
                 classification: Classification::outside(outside_kind(host, path)),
                 model_origin: None,
                 api: None,
+                model_ambiguous: false,
             };
         };
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -112,6 +113,9 @@ impl Catalog {
             },
             model_origin,
             api: Some(provider.api),
+            model_ambiguous: provider.model_from.iter().any(
+                |source| matches!(source, ModelSource::Query(param) if query_param_count(query, param) > 1),
+            ),
         }
     }
 }
@@ -302,6 +306,18 @@ pub(crate) fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<
         })
 }
 
+/// How many times `name` appears in a query string (names percent-decoded).
+pub(crate) fn query_param_count(query: Option<&str>, name: &str) -> usize {
+    query.map_or(0, |q| {
+        q.split('&')
+            .filter(|pair| {
+                let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
+                percent_decode(&key.replace('+', " ")) == name
+            })
+            .count()
+    })
+}
+
 /// Decode `%XX` escapes; a malformed escape is kept as written, invalid UTF-8 is replaced.
 pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
@@ -361,5 +377,13 @@ mod tests {
         assert_eq!(query_param(Some("alt=sse"), "alt").as_deref(), Some("sse"));
         assert_eq!(query_param(Some("q=a+b"), "q").as_deref(), Some("a b"));
         assert_eq!(query_param(None, "model"), None);
+    }
+
+    #[test]
+    fn query_param_count_sees_encoded_duplicates() {
+        assert_eq!(query_param_count(Some("model=a&m%6fdel=b"), "model"), 2);
+        assert_eq!(query_param_count(Some("model=a&models=b"), "model"), 1);
+        assert_eq!(query_param_count(Some("model"), "model"), 1);
+        assert_eq!(query_param_count(None, "model"), 0);
     }
 }

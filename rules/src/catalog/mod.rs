@@ -342,4 +342,8 @@ pub(crate) struct Classified {
     pub(crate) classification: Classification,
     pub(crate) model_origin: Option<ModelOrigin>,
     pub(crate) api: Option<ApiStyle>,
+    /// A query parameter the provider takes the model from appears more than
+    /// once (`?model=a&model=b`): the policy would judge one, the upstream may
+    /// use another.
+    pub(crate) model_ambiguous: bool,
 }
