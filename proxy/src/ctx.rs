@@ -64,6 +64,8 @@ pub struct Ctx {
     pub ledger: Ledger,
     pub outcomes: Outcomes,
     pub certs: LeafCache,
+    /// Leaves for hosts denied when their tunnel opened: apart, small, rate-limited per agent.
+    pub denied_leaves: crate::tls::DeniedLeaves,
     pub upstream: Upstream,
     pub limits: Limits,
     pub tls: TlsServer,
