@@ -13,6 +13,8 @@
 //! cargo build --release -p portcullis -p portcullis-benches
 //! target/release/portcullis-loadgen --duration 10 --conns 16
 //! target/release/portcullis-loadgen --workload all --conns 64 --h2
+//! # the proxy alone on CPU 0, this client on CPU 1; mint exactly 4,000 new hosts
+//! taskset -c 1 target/release/portcullis-loadgen --workload mint --pin-proxy 0 --mint-hosts 4000
 //! ```
 #![allow(clippy::unwrap_used)] // a bench: a failed setup should fail loudly
 
@@ -39,6 +41,8 @@ const CHAT: &str =
 const BIG: usize = 64 * 1024;
 /// Never-seen host names for the mint workload.
 static NEXT_HOST: AtomicU64 = AtomicU64::new(0);
+/// The mint workload of one proxy stops at this host number (`--mint-hosts`).
+static LAST_HOST: AtomicU64 = AtomicU64::new(u64::MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Workload {
@@ -73,6 +77,10 @@ struct Args {
     h2: bool,
     workloads: Vec<Workload>,
     bin: PathBuf,
+    /// The CPU (list) each proxy is pinned to with `taskset -c`.
+    pin: Option<String>,
+    /// Stop a mint run after this many new hosts (else at `duration`).
+    mint_hosts: Option<u64>,
 }
 
 fn args() -> Result<Args> {
@@ -82,6 +90,8 @@ fn args() -> Result<Args> {
         h2: false,
         workloads: vec![Workload::KeepAlive],
         bin: default_bin(),
+        pin: None,
+        mint_hosts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +101,8 @@ fn args() -> Result<Args> {
             "--conns" => a.conns = val()?.parse()?,
             "--h2" => a.h2 = true,
             "--proxy-bin" => a.bin = PathBuf::from(val()?),
+            "--pin-proxy" => a.pin = Some(val()?),
+            "--mint-hosts" => a.mint_hosts = Some(val()?.parse()?),
             "--workload" => {
                 a.workloads = match val()?.as_str() {
                     "keepalive" => vec![Workload::KeepAlive],
@@ -115,7 +127,9 @@ fn args() -> Result<Args> {
                      --conns N         concurrent connections (default 16)\n\
                      --h2              HTTP/2 inside the tunnel (default HTTP/1.1)\n\
                      --workload W      keepalive | newconn | big | sse | mint | all (default keepalive)\n\
-                     --proxy-bin PATH  the portcullis binary (default: beside this one)"
+                     --proxy-bin PATH  the portcullis binary (default: beside this one)\n\
+                     --pin-proxy CPUS  run each proxy under `taskset -c CPUS` (e.g. 0)\n\
+                     --mint-hosts N    mint: stop after N new hosts per proxy (default: --duration)"
                 );
                 std::process::exit(0);
             }
@@ -200,7 +214,13 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &Path, origin: SocketAddr, pki: &OriginPki, sync: &str) -> Result<Proxy> {
+    fn start(
+        bin: &Path,
+        pin: Option<&str>,
+        origin: SocketAddr,
+        pki: &OriginPki,
+        sync: &str,
+    ) -> Result<Proxy> {
         use std::io::BufRead;
         let dir = tempfile::tempdir()?;
         let cfg = format!(
@@ -242,7 +262,16 @@ hosts = ["*.bench.test"]
         );
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, cfg)?;
-        let mut child = std::process::Command::new(bin)
+        let mut cmd = match pin {
+            // taskset execs the proxy, so the child's pid (for /proc) is the proxy's.
+            Some(cpus) => {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", cpus]).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&path)
             .env("PORTCULLIS_LOG", "warn")
@@ -457,7 +486,11 @@ async fn run(via: Via, w: Workload, conns: usize, h2: bool, dur: Duration) -> Fi
             let mut first_error: Option<String> = None;
             while Instant::now() < deadline {
                 if w == Workload::Mint {
-                    let host = format!("h{}.bench.test", NEXT_HOST.fetch_add(1, Ordering::Relaxed));
+                    let n_host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+                    if n_host >= LAST_HOST.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let host = format!("h{n_host}.bench.test");
                     let t = Instant::now();
                     match open(&via, &host).await {
                         Ok(_) => {
@@ -582,14 +615,21 @@ async fn main() -> Result<()> {
     let pki = OriginPki::new();
     let origin = origin(&pki).await;
     println!(
-        "# portcullis-loadgen: {} conns, {}, {:?} per run, origin {origin}",
+        "# portcullis-loadgen: {} conns, {}, {:?} per run, origin {origin}, proxy on CPUs {}",
         a.conns,
         if a.h2 { "h2" } else { "http/1.1" },
-        a.duration
+        a.duration,
+        a.pin.as_deref().unwrap_or("any"),
     );
     let proxies = [
-        ("always", Proxy::start(&a.bin, origin, &pki, "always")?),
-        ("batch", Proxy::start(&a.bin, origin, &pki, "batch")?),
+        (
+            "always",
+            Proxy::start(&a.bin, a.pin.as_deref(), origin, &pki, "always")?,
+        ),
+        (
+            "batch",
+            Proxy::start(&a.bin, a.pin.as_deref(), origin, &pki, "batch")?,
+        ),
     ];
     for w in &a.workloads {
         println!("{}:", w.name());
@@ -612,10 +652,24 @@ async fn main() -> Result<()> {
                 proxied: true,
                 tls: connector(&p.ca, a.h2),
             };
+            let mint_from = NEXT_HOST.load(Ordering::Relaxed);
+            if let (Workload::Mint, Some(n)) = (*w, a.mint_hosts) {
+                LAST_HOST.store(mint_from + n, Ordering::Relaxed);
+            }
             let before = p.usage();
             let rss_before = p.rss();
-            let f = run(via, *w, a.conns, a.h2, a.duration).await;
+            // A host-bounded mint run ends when the hosts run out, not at the duration.
+            let dur = match (*w, a.mint_hosts) {
+                (Workload::Mint, Some(_)) => Duration::from_secs(3600),
+                _ => a.duration,
+            };
+            let f = run(via, *w, a.conns, a.h2, dur).await;
+            LAST_HOST.store(u64::MAX, Ordering::Relaxed);
             let after = p.usage();
+            // Closed tunnels finish unwinding before the cache's share is read.
+            if *w == Workload::Mint {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             let rss_after = p.rss();
             line(
                 &format!("sync={sync}"),
@@ -626,7 +680,7 @@ async fn main() -> Result<()> {
             if *w == Workload::Mint && f.requests > 0 {
                 let grew = rss_after.saturating_sub(rss_before);
                 println!(
-                    "  {:<14} RSS grew {grew} KiB over {} minted hosts: {:.1} KiB each",
+                    "  {:<14} RSS grew {grew} KiB over {} minted hosts: {:.2} KiB per cached host",
                     "",
                     f.requests,
                     grew as f64 / f.requests as f64
