@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+    PKCS_ECDSA_P256_SHA256,
 };
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -36,9 +37,39 @@ pub struct CertificateAuthority {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    leaf_key: LeafKey,
     subject: String,
     fingerprint: String,
     not_after: OffsetDateTime,
+}
+
+/// The one key pair every leaf of this process is minted for (what mitmproxy does too).
+///
+/// A fresh key per leaf bought nothing: every leaf is signed by our CA, whose key sits in
+/// the same memory, and the cache holds every leaf key for the life of the process anyway.
+/// Whoever can read one leaf key can read them all, and the CA key that mints any leaf.
+/// Forward secrecy comes from the ephemeral (EC)DHE of each handshake, not from the
+/// certificate key, and a handshake's signature covers its transcript (certificate
+/// included), so it cannot be replayed for another host. What sharing buys: a mint is one
+/// signature instead of a key generation, a signature and a key parse, and a cached leaf
+/// holds no key of its own. The key is generated at start, lives only in memory (never on
+/// disk), and is replaced by a restart.
+struct LeafKey {
+    public: SubjectPublicKeyInfo,
+    signer: Arc<dyn SigningKey>,
+}
+
+impl LeafKey {
+    fn generate() -> Result<Self, CaError> {
+        let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let public = SubjectPublicKeyInfo::from_der(&pair.subject_public_key_info())?;
+        let der = Zeroizing::new(pair.serialize_der());
+        let signer = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+            PrivatePkcs8KeyDer::from(der.as_slice()),
+        ))
+        .map_err(|err| CaError::Mint(format!("rustls cannot use the leaf key: {err}")))?;
+        Ok(Self { public, signer })
+    }
 }
 
 impl CertificateAuthority {
@@ -166,7 +197,8 @@ impl CertificateAuthority {
     /// Mint a leaf for `host`: a canonical lowercase DNS name, or an IP literal, which gets
     /// an IP SAN.
     ///
-    /// The leaf has a fresh ECDSA P-256 key and a random positive 126-bit serial. Its SAN is
+    /// The leaf has this process's shared ECDSA P-256 leaf key (see `LeafKey`: one key pair
+    /// made at start, never written) and a random positive 126-bit serial. Its SAN is
     /// exactly the host, its CN is the host, its EKU is serverAuth, and it is not a CA. It
     /// is valid from one hour ago until `now + ttl`, or until the CA's own `not_after` if that
     /// comes first. The chain is `[leaf, ca]`.
@@ -208,11 +240,10 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let leaf = params.signed_by(&key, &self.issuer)?;
+        let leaf = params.signed_by(&self.leaf_key.public, &self.issuer)?;
         Ok(MintedLeaf {
             chain: vec![leaf.der().clone(), self.cert_der.clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            key: Arc::clone(&self.leaf_key.signer),
             not_after: not_after.into(),
         })
     }
@@ -289,6 +320,7 @@ impl CertificateAuthority {
             cert_pem,
             cert_der,
             issuer,
+            leaf_key: LeafKey::generate()?,
             subject,
             fingerprint,
             not_after,
@@ -307,22 +339,21 @@ impl fmt::Debug for CertificateAuthority {
     }
 }
 
-/// A freshly minted leaf: the chain to serve, its private key and its expiry.
+/// A freshly minted leaf: the chain to serve, its signing key and its expiry.
 pub struct MintedLeaf {
     /// `[leaf, ca]`.
     pub chain: Vec<CertificateDer<'static>>,
-    /// PKCS#8 ECDSA P-256 key of the leaf.
-    pub key: PrivateKeyDer<'static>,
+    /// The shared leaf key (ring provider), the same for every leaf of this CA instance.
+    key: Arc<dyn SigningKey>,
     /// The leaf's notAfter (whole seconds).
     pub not_after: SystemTime,
 }
 
 impl MintedLeaf {
-    /// Build the rustls `CertifiedKey` (ring provider) that a server config or resolver serves.
-    pub fn into_certified_key(self) -> Result<Arc<CertifiedKey>, CaError> {
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&self.key)
-            .map_err(|err| CaError::Mint(format!("rustls cannot use the leaf key: {err}")))?;
-        Ok(Arc::new(CertifiedKey::new(self.chain, signing_key)))
+    /// The rustls `CertifiedKey` that a server config or resolver serves. It holds the
+    /// chain's DER and a handle on the shared key, nothing more.
+    pub fn into_certified_key(self) -> Arc<CertifiedKey> {
+        Arc::new(CertifiedKey::new(self.chain, self.key))
     }
 }
 

@@ -15,13 +15,15 @@
 //!   length 0, and valid for ten years.
 //! - [`CertificateAuthority::mint_leaf`]: one short-lived ECDSA P-256 leaf per host. It has
 //!   a random serial, a single SAN equal to the host (an IP SAN for IP literals), EKU
-//!   `serverAuth`, and the chain `[leaf, ca]`.
+//!   `serverAuth`, and the chain `[leaf, ca]`. Every leaf of a CA instance carries the
+//!   same leaf key pair, made at start and kept only in memory, so a mint is one signature.
 //!   [`MintedLeaf::into_certified_key`] turns it into what rustls serves.
 //! - [`LeafCache`]: a bounded, single-flight cache in front of minting. When many
 //!   connections open at once for a new host, exactly one certificate is minted and the
 //!   others wait for it. Failures are never cached. Once an entry has used half of its
 //!   lifetime it is minted again, so a client never gets a leaf that is about to expire.
-//!   When the cache is full it evicts the least recently used host.
+//!   When the cache is full it evicts the least recently used host, in O(1). Mints run on
+//!   tokio's blocking pool, a bounded number at a time.
 //! - [`Vault`]: the provider-key vault (SPEC §9), one JSON file (mode 0600, written
 //!   atomically) of per-tenant provider keys. Each entry is AES-256-GCM encrypted with its
 //!   `tenant ‖ provider ‖ key_id ‖ version` as AAD, so it cannot be moved to another slot.
@@ -40,7 +42,7 @@
 //! In SPEC §3 step 4 the proxy answers `CONNECT` and reads the ClientHello. Then it calls
 //! [`LeafCache::get`] with the CONNECT host and serves the returned
 //! `Arc<rustls::sign::CertifiedKey>`. This crate opens no sockets. Its only async code is
-//! the wait inside the cache.
+//! the cache: the wait for a mint, and the hand-off of the mint to the blocking pool.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), portcullis_certs::CaError> {
@@ -53,7 +55,7 @@
 //! }
 //! let cache = LeafCache::new(
 //!     Arc::new(ca),
-//!     CacheOptions { capacity: 10_000, ttl: Duration::from_secs(24 * 3600) },
+//!     CacheOptions { capacity: 10_000, ttl: Duration::from_secs(24 * 3600), mint_workers: 0 },
 //! );
 //! let certified_key = cache.get("api.openai.com").await?;
 //! # let _ = certified_key;

@@ -16,7 +16,17 @@ fn cache(
     ttl: Duration,
 ) -> Result<(tempfile::TempDir, LeafCache), Box<dyn std::error::Error + Send + Sync>> {
     let (tmp, ca) = fresh_ca()?;
-    Ok((tmp, LeafCache::new(ca, CacheOptions { capacity, ttl })))
+    Ok((
+        tmp,
+        LeafCache::new(
+            ca,
+            CacheOptions {
+                capacity,
+                ttl,
+                mint_workers: 0,
+            },
+        ),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

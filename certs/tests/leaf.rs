@@ -69,11 +69,37 @@ fn minted_leaf_has_san_equal_to_host_and_random_serial() -> TestResult {
         leaf.public_key().algorithm.algorithm,
         x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
     );
+    Ok(())
+}
+
+/// Every leaf of one CA instance carries the one shared leaf key (see `LeafKey` in ca.rs):
+/// a mint is a signature, not a key generation. Another instance (another process) has
+/// its own, and it is never the CA's key.
+#[tokio::test]
+async fn leaves_share_one_key_per_ca_instance_and_still_complete_a_handshake() -> TestResult {
+    let (tmp, ca) = fresh_ca()?;
+    let spki = |leaf: &portcullis_certs::MintedLeaf| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        let (_, cert) = parse_x509_certificate(&leaf.chain[0])?;
+        Ok(cert.public_key().raw.to_vec())
+    };
+    let a = ca.mint_leaf("api.openai.com", HOUR)?;
+    let b = ca.mint_leaf("api.anthropic.com", HOUR)?;
+    assert_eq!(spki(&a)?, spki(&b)?, "one key for every host");
+    let (_, ca_cert) = parse_x509_certificate(ca.cert_der())?;
     assert_ne!(
-        first.key.secret_der(),
-        second.key.secret_der(),
-        "fresh key per leaf"
+        spki(&a)?,
+        ca_cert.public_key().raw.to_vec(),
+        "not the CA key"
     );
+
+    let reloaded = CertificateAuthority::load(&tmp.path().join("ca"))?;
+    let c = reloaded.mint_leaf("api.openai.com", HOUR)?;
+    assert_ne!(spki(&a)?, spki(&c)?, "a new key per process, never stored");
+
+    for (leaf, host) in [(a, "api.openai.com"), (b, "api.anthropic.com")] {
+        let received = handshake(&ca, leaf.into_certified_key(), host).await?;
+        assert_eq!(received, b"hello through portcullis", "{host}");
+    }
     Ok(())
 }
 
@@ -189,7 +215,7 @@ async fn handshake(
 async fn minted_leaf_verifies_against_ca_with_rustls() -> TestResult {
     let (_tmp, ca) = fresh_ca()?;
     for host in ["api.anthropic.com", "127.0.0.1", "::1"] {
-        let key = ca.mint_leaf(host, HOUR)?.into_certified_key()?;
+        let key = ca.mint_leaf(host, HOUR)?.into_certified_key();
         let received = handshake(&ca, key, host).await?;
         assert_eq!(received, b"hello through portcullis", "{host}");
     }
@@ -199,7 +225,7 @@ async fn minted_leaf_verifies_against_ca_with_rustls() -> TestResult {
 #[tokio::test]
 async fn leaf_for_one_host_is_rejected_for_another_host() -> TestResult {
     let (_tmp, ca) = fresh_ca()?;
-    let key = ca.mint_leaf("api.openai.com", HOUR)?.into_certified_key()?;
+    let key = ca.mint_leaf("api.openai.com", HOUR)?.into_certified_key();
     let result = handshake(&ca, key, "evil.example.com").await;
     let err = result
         .err()
@@ -214,7 +240,7 @@ async fn leaf_from_another_ca_is_rejected() -> TestResult {
     let (_tmp2, stranger) = fresh_ca()?;
     let key = stranger
         .mint_leaf("api.openai.com", HOUR)?
-        .into_certified_key()?;
+        .into_certified_key();
     let err = handshake(&ca, key, "api.openai.com")
         .await
         .err()

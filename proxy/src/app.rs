@@ -186,13 +186,16 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     if ca_created {
         tracing::info!(dir = %ca_dir.display(), "created a new CA");
     }
+    let ca = Arc::new(ca);
     let certs = LeafCache::new(
-        Arc::new(ca),
+        Arc::clone(&ca),
         CacheOptions {
             capacity: cfg.ca.cache_capacity,
             ttl: cfg.ca.leaf_ttl,
+            mint_workers: 0,
         },
     );
+    let denied_leaves = crate::tls::DeniedLeaves::new(ca, cfg.ca.leaf_ttl);
 
     // The keys come before anything listens: a vault that cannot be read stops
     // the start (fail closed), and an injecting route never runs without it.
@@ -357,6 +360,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
             INSPECT_MEMORY_WAIT,
         ),
         certs,
+        denied_leaves,
         upstream,
         limits: Limits {
             client_header_timeout: cfg.limits.client_header_timeout,

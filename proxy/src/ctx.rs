@@ -71,6 +71,8 @@ pub struct Ctx {
     /// The per-peer recording rate of refusals made before anyone was identified.
     pub refusals: crate::refusals::Refusals,
     pub certs: LeafCache,
+    /// Leaves for hosts denied when their tunnel opened: apart, small, rate-limited per agent.
+    pub denied_leaves: crate::tls::DeniedLeaves,
     pub upstream: Upstream,
     pub limits: Limits,
     pub tls: TlsServer,

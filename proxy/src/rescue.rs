@@ -243,9 +243,10 @@ pub fn status_for(reason: Reason) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         Reason::BodyEncoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        Reason::BudgetExceeded | Reason::RateLimited | Reason::ConnectionLimit => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        Reason::BudgetExceeded
+        | Reason::RateLimited
+        | Reason::ConnectionLimit
+        | Reason::DeniedTunnelLimit => StatusCode::TOO_MANY_REQUESTS,
         Reason::ApprovalDenied | Reason::ApprovalTimeout => StatusCode::FORBIDDEN,
         Reason::UpstreamConnect
         | Reason::UpstreamTls
@@ -308,6 +309,7 @@ mod tests {
         (Reason::RouteApprove, 403),
         (Reason::ApprovalGranted, 403),
         (Reason::ApprovalGrantUsed, 403),
+        (Reason::DeniedTunnelLimit, 429),
     ];
 
     #[test]

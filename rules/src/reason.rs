@@ -136,6 +136,9 @@ pub enum Reason {
     ApprovalGranted,
     /// A grant from an earlier approval let the request through without a hold.
     ApprovalGrantUsed,
+    /// The agent opened too many tunnels to new denied hosts in a short time (each would
+    /// need a certificate minted just to show the denial), so the tunnel itself is refused.
+    DeniedTunnelLimit,
 }
 
 impl Reason {
@@ -182,6 +185,7 @@ impl Reason {
         Reason::RouteApprove,
         Reason::ApprovalGranted,
         Reason::ApprovalGrantUsed,
+        Reason::DeniedTunnelLimit,
     ];
 
     /// The stable snake_case code.
@@ -228,6 +232,7 @@ impl Reason {
             Reason::RouteApprove => "route_approve",
             Reason::ApprovalGranted => "approval_granted",
             Reason::ApprovalGrantUsed => "approval_grant_used",
+            Reason::DeniedTunnelLimit => "denied_tunnel_limit",
         }
     }
 
@@ -315,6 +320,9 @@ impl Reason {
             Reason::RouteApprove => "The request is held until an approver decides.",
             Reason::ApprovalGranted => "An approver approved this request.",
             Reason::ApprovalGrantUsed => "An earlier approval covers this request.",
+            Reason::DeniedTunnelLimit => {
+                "This agent opened too many connections to denied destinations in a short time; slow down and retry."
+            }
         }
     }
 }

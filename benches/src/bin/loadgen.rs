@@ -13,6 +13,10 @@
 //! cargo build --release -p portcullis -p portcullis-benches
 //! target/release/portcullis-loadgen --duration 10 --conns 16
 //! target/release/portcullis-loadgen --workload all --conns 64 --h2
+//! # mint exactly 4,000 new hosts (the proxy runs alone on CPU 0 unless --no-pin)
+//! target/release/portcullis-loadgen --workload mint --mint-hosts 4000
+//! # memory per idle intercepted connection
+//! target/release/portcullis-loadgen --workload idle --conns 10000
 //! ```
 #![allow(clippy::unwrap_used)] // a bench: a failed setup should fail loudly
 
@@ -39,6 +43,10 @@ const CHAT: &str =
 const BIG: usize = 64 * 1024;
 /// Never-seen host names for the mint workload.
 static NEXT_HOST: AtomicU64 = AtomicU64::new(0);
+/// The mint workload of one proxy stops at this host number (`--mint-hosts`).
+static LAST_HOST: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Hosts minted before a mint run's baseline is read.
+const WARM_UP_HOSTS: u64 = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Workload {
@@ -79,6 +87,8 @@ struct Args {
     /// Proxy on CPU 0, this process (client and origin) on the rest, so the proxy's CPU
     /// time is its own and not shared with the load it serves.
     pin: bool,
+    /// Stop a mint run after this many new hosts (else at `duration`).
+    mint_hosts: Option<u64>,
 }
 
 fn args() -> Result<Args> {
@@ -89,6 +99,7 @@ fn args() -> Result<Args> {
         workloads: vec![Workload::KeepAlive],
         bin: default_bin(),
         pin: std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+        mint_hosts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,6 +110,7 @@ fn args() -> Result<Args> {
             "--h2" => a.h2 = true,
             "--no-pin" => a.pin = false,
             "--proxy-bin" => a.bin = PathBuf::from(val()?),
+            "--mint-hosts" => a.mint_hosts = Some(val()?.parse()?),
             "--workload" => {
                 a.workloads = match val()?.as_str() {
                     "keepalive" => vec![Workload::KeepAlive],
@@ -129,7 +141,8 @@ fn args() -> Result<Args> {
                      \x20                 idle holds --conns connections open, e.g. --conns 10000)\n\
                      --proxy-bin PATH  the portcullis binary (default: beside this one)\n\
                      --no-pin          do not pin (default with 2+ CPUs: the proxy on CPU 0,\n\
-                     \x20                 client and origin on the others, with taskset)"
+                     \x20                 client and origin on the others, with taskset)\n\
+                     --mint-hosts N    mint: stop after N new hosts per proxy (default: --duration)"
                 );
                 std::process::exit(0);
             }
@@ -565,7 +578,11 @@ async fn run(via: Via, w: Workload, conns: usize, h2: bool, dur: Duration) -> Fi
             let mut first_error: Option<String> = None;
             while Instant::now() < deadline {
                 if w == Workload::Mint {
-                    let host = format!("h{}.bench.test", NEXT_HOST.fetch_add(1, Ordering::Relaxed));
+                    let n_host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+                    if n_host >= LAST_HOST.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let host = format!("h{n_host}.bench.test");
                     let t = Instant::now();
                     match open(&via, &host).await {
                         Ok(_) => {
@@ -753,10 +770,35 @@ async fn main() -> Result<()> {
                 proxied: true,
                 tls: connector(&p.ca, a.h2),
             };
+            if *w == Workload::Mint {
+                // Warm-up: the first mints bring up the blocking pool's threads and their
+                // allocator heaps, a one-off cost that is not the cache's.
+                LAST_HOST.store(
+                    NEXT_HOST.load(Ordering::Relaxed) + WARM_UP_HOSTS,
+                    Ordering::Relaxed,
+                );
+                run(via.clone(), *w, a.conns, a.h2, a.duration).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                LAST_HOST.store(u64::MAX, Ordering::Relaxed);
+            }
+            let mint_from = NEXT_HOST.load(Ordering::Relaxed);
+            if let (Workload::Mint, Some(n)) = (*w, a.mint_hosts) {
+                LAST_HOST.store(mint_from + n, Ordering::Relaxed);
+            }
             let before = p.usage();
             let rss_before = p.rss();
-            let f = run(via, *w, a.conns, a.h2, a.duration).await;
+            // A host-bounded mint run ends when the hosts run out, not at the duration.
+            let dur = match (*w, a.mint_hosts) {
+                (Workload::Mint, Some(_)) => Duration::from_secs(3600),
+                _ => a.duration,
+            };
+            let f = run(via, *w, a.conns, a.h2, dur).await;
+            LAST_HOST.store(u64::MAX, Ordering::Relaxed);
             let after = p.usage();
+            // Closed tunnels finish unwinding before the cache's share is read.
+            if *w == Workload::Mint {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             let rss_after = p.rss();
             line(
                 &format!("sync={sync}"),
@@ -767,7 +809,7 @@ async fn main() -> Result<()> {
             if *w == Workload::Mint && f.requests > 0 {
                 let grew = rss_after.saturating_sub(rss_before);
                 println!(
-                    "  {:<14} RSS grew {grew} KiB over {} minted hosts: {:.1} KiB each",
+                    "  {:<14} RSS grew {grew} KiB over {} minted hosts: {:.2} KiB per cached host",
                     "",
                     f.requests,
                     grew as f64 / f.requests as f64

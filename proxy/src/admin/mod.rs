@@ -107,8 +107,9 @@ async fn route(ctx: &Ctx, s: &AdminSettings, req: Request<Incoming>) -> Response
             if let Ok(free) = disk_free(&s.ledger_dir) {
                 ctx.metrics.ledger_disk_free(free);
             }
-            let certs = ctx.certs.stats();
-            ctx.metrics.cert_stats(certs.hits, certs.misses);
+            let (certs, denied) = (ctx.certs.stats(), ctx.denied_leaves.stats());
+            ctx.metrics
+                .cert_stats(certs.hits + denied.hits, certs.misses + denied.misses);
             text(StatusCode::OK, ctx.metrics.render())
         }
         (Method::GET, "/v1/policy") => {

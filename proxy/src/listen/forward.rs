@@ -107,6 +107,9 @@ async fn connect(
         // A refused CONNECT closes: the bytes after it were meant for a tunnel.
         Err(refusal) => return rescue(&ctx, &mut rec, refusal.close()).await,
     };
+    if let Err(refusal) = super::denied_leaf_budget(&ctx, &tunnel) {
+        return rescue(&ctx, &mut rec, refusal.close()).await;
+    }
     // One agent cannot take every connection slot.
     let Some(agent_slot) = ctx
         .agent_conns

@@ -17,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::ctx::Ctx;
-use crate::flow::{ConnSlot, Phase, Target};
+use crate::flow::{ConnSlot, Phase, Target, TunnelVerdict};
 use crate::identity::Identity;
 use crate::policy::PolicySnapshot;
 use crate::record::RequestRecord;
 use crate::refusals::Gate;
+use crate::rescue::Refusal;
+use crate::tls::Tunnel;
 
 /// One listener's settings.
 pub struct ListenerInfo {
@@ -151,4 +153,27 @@ fn route_for(
         }
         _ => Ok(route),
     }
+}
+
+/// A tunnel refused at its pre-check is still answered inside TLS, with a leaf
+/// for the denied host. A new such leaf takes one of the agent's few per second
+/// (`DeniedLeaves`); past them the tunnel itself is refused, so made-up denied
+/// names cannot keep the minter busy.
+fn denied_leaf_budget(ctx: &Ctx, tun: &Tunnel) -> Result<(), Refusal> {
+    let TunnelVerdict::Refused(d) = &tun.verdict else {
+        return Ok(());
+    };
+    if ctx
+        .denied_leaves
+        .admit(&tun.who.agent, &tun.target.host.to_string())
+    {
+        return Ok(());
+    }
+    tracing::warn!(agent = %tun.who.agent, host = %tun.target.host, "too many tunnels to denied hosts; refusing");
+    Err(Refusal::deny(portcullis_rules::Reason::DeniedTunnelLimit)
+        .detail(format!(
+            "the destination itself is denied: {}",
+            d.reason.code()
+        ))
+        .retry_after(Duration::from_secs(1)))
 }

@@ -144,6 +144,10 @@ async fn open(
         target,
         verdict,
     };
+    // Only a TLS connection needs a leaf; plain HTTP is answered as it is.
+    if tun.target.scheme == Scheme::Https {
+        super::denied_leaf_budget(ctx, &tun)?;
+    }
     Ok((tun, Rewind::new(named.bytes, tcp), slot))
 }
 

@@ -20,7 +20,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::Tunnel;
 use crate::ctx::Ctx;
 use crate::flow::Phase;
-use crate::flow::{new_nonce, ConnSlot, Entry, Flow, Wire};
+use crate::flow::{new_nonce, ConnSlot, Entry, Flow, TunnelVerdict, Wire};
 use crate::http::body::ProxyBody;
 use crate::http::framing::FramingGuard;
 use crate::http::headers::{close_unless_switched, Asked};
@@ -69,7 +69,13 @@ where
             tracing::info!(host = %tun.target.host, "client sent no SNI; using the CONNECT host")
         }
     }
-    let leaf = match ctx.certs.get(&tun.target.host.to_string()).await {
+    let host = tun.target.host.to_string();
+    // A denied host's leaf never displaces a real one (see `DeniedLeaves`).
+    let leaf = match &tun.verdict {
+        TunnelVerdict::Refused(_) => ctx.denied_leaves.get(&host).await,
+        _ => ctx.certs.get(&host).await,
+    };
+    let leaf = match leaf {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(error = %e, "cannot mint a certificate; closing");

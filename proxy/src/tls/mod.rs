@@ -2,9 +2,11 @@
 //! with a minted leaf and serves the requests inside; [`passthrough`] splices
 //! raw TCP after checking the SNI.
 
+mod denied;
 mod intercept;
 mod passthrough;
 
+pub use denied::DeniedLeaves;
 pub use intercept::{intercept, serve_h1};
 pub use passthrough::{passthrough, read_client_hello};
 
