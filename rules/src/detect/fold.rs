@@ -183,7 +183,7 @@ pub(crate) fn squeeze(folded: &str) -> Option<String> {
         }
         let letters = word.bytes().filter(u8::is_ascii_lowercase).count();
         let leet = word.bytes().filter(|b| leet_letter(*b).is_some()).count();
-        if letters >= 2 && leet >= 1 && word.len() >= 4 {
+        if letters >= 1 && leet >= 1 && word.len() >= 3 {
             for b in word.bytes() {
                 out.push(char::from(leet_letter(b).unwrap_or(b)));
             }
@@ -379,6 +379,14 @@ pub(crate) fn decode_layers(text: &str, budget: &mut usize, out: &mut Vec<Decode
 /// Runs of at least 24 base64 (or base64url) characters.
 fn base64_blocks(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_')))
+        // `token=eyJ…`: an `=` before the end is a separator, not padding.
+        .flat_map(|run| {
+            let body = run.trim_end_matches('=');
+            let padded = &run[..(body.len() + 2).min(run.len())];
+            padded.rsplit_once('=').map_or([padded, ""], |(head, tail)| {
+                if tail.is_empty() { [padded, ""] } else { [head, tail] }
+            })
+        })
         .filter(|run| run.len() >= 24 && !run.bytes().all(|b| b.is_ascii_hexdigit()))
         .take(BLOCKS_MAX)
 }

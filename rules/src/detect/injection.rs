@@ -125,6 +125,7 @@ const LOOSE_SEPARATOR: &str = "[^a-z0-9]{0,3}";
 struct Compiled {
     strict: Option<RegexSet>,
     loose: Option<RegexSet>,
+    meta: Option<regex::bytes::Regex>,
 }
 
 fn build(separator: &str) -> Option<RegexSet> {
@@ -144,7 +145,16 @@ fn build(separator: &str) -> Option<RegexSet> {
 static COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled {
     strict: build(SEPARATOR),
     loose: build(LOOSE_SEPARATOR),
+    meta: regex::bytes::RegexBuilder::new(META)
+        .unicode(false)
+        .build()
+        .ok(),
 });
+
+/// Cues that a text *talks about* an attack it quotes (a question, a test, a report, a
+/// code sample). At `balanced`, a pattern that only matches inside quotation marks of
+/// such a text does not count.
+const META: &str = r"\b(is (this|it|that) (a |an )?(prompt|injection|jailbreak|attack|malicious|safe)|what does|explain|why (do|does|is|are)|regex|unit test|tests? (that|whether)|log line|blocked|posted|classif(y|ier|ication)|for example|e\.g\.|attacks?|injections?|jailbreaks?|detect(s|ed|or|ion)?|filters?|rejects?|asserts?|scan|sanitize|result|firewall|red-team|red team|owasp|security|verdict|payload|probe|angriff|attaque|ataque|attacco)\b";
 
 /// The stable ids of every injection pattern and layer.
 pub fn injection_pattern_ids() -> impl Iterator<Item = &'static str> {
@@ -196,7 +206,11 @@ fn scan(parts: &[&str], sensitivity: Sensitivity, layers: Layers) -> Vec<&'stati
         // If it ever failed, refusing is safer than passing text unscanned.
         return vec!["detector_unavailable"];
     };
-    let sets = Sets { strict, loose };
+    let sets = Sets {
+        strict,
+        loose,
+        meta: COMPILED.meta.as_ref(),
+    };
     let mut ids = Vec::new();
     if layers.squeeze {
         for part in parts {
@@ -225,6 +239,7 @@ fn scan(parts: &[&str], sensitivity: Sensitivity, layers: Layers) -> Vec<&'stati
 struct Sets<'a> {
     strict: &'a RegexSet,
     loose: &'a RegexSet,
+    meta: Option<&'a regex::bytes::Regex>,
 }
 
 fn decode_scan(
@@ -275,6 +290,14 @@ fn scan_texts(
     let folded: Vec<String> = stripped.iter().map(|p| fold(p)).collect();
     let joined = folded.join(BARRIER);
     let mut matched: Vec<usize> = sets.strict.matches(joined.as_bytes()).iter().collect();
+    if sensitivity == Sensitivity::Balanced && !matched.is_empty() {
+        if let (Some(meta), Some(dequoted)) = (sets.meta, dequote(&joined)) {
+            if meta.is_match(dequoted.as_bytes()) {
+                let outside = sets.strict.matches(dequoted.as_bytes());
+                matched.retain(|i| outside.matched(*i));
+            }
+        }
+    }
     let mut squeezed_hit = false;
     if layers.squeeze {
         for f in &folded {
@@ -319,6 +342,35 @@ fn scan_texts(
     if squeezed_hit {
         push_unique(ids, SQUEEZED_ID);
     }
+}
+
+/// `text` with every short double-quoted or backticked span emptied; `None` if it has none.
+fn dequote(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if bytes.iter().filter(|b| matches!(b, b'"' | b'`')).count() < 2 {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[open];
+        let after = &rest[open + 1..];
+        match after.find(char::from(quote)) {
+            Some(close) if close <= 400 => {
+                out.push_str(&rest[..=open]);
+                out.push(char::from(quote));
+                rest = &after[close + 1..];
+                changed = true;
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// The normalization the patterns are written against (see the module docs).
