@@ -32,7 +32,7 @@ use regex::bytes::{RegexSet, RegexSetBuilder};
 use super::fold::{
     decode_layers, fold, shape_signals, squeeze, strip_invisible, DECODE_BUDGET, MAX_DEPTH,
 };
-use super::patterns::{FAMILIES, STRONG};
+use super::patterns::{CORE_PATTERNS, FAMILIES, STRONG};
 
 /// How readily the injection detector fires.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -74,6 +74,8 @@ impl Sensitivity {
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layers {
+    /// The extended pattern families (off: only the original §6 set).
+    pub extended: bool,
     /// Weak signals combine; off means only strong patterns fire.
     pub weak_signals: bool,
     /// The squeezed (leetspeak, spread letters) view.
@@ -87,6 +89,7 @@ pub struct Layers {
 impl Layers {
     /// Every layer.
     pub const ALL: Layers = Layers {
+        extended: true,
         weak_signals: true,
         squeeze: true,
         decode: true,
@@ -316,6 +319,9 @@ fn scan_texts(
     let mut score: u32 = 0;
     for i in matched {
         let Some(p) = FAMILIES.get(i) else { continue };
+        if !layers.extended && i >= CORE_PATTERNS {
+            continue;
+        }
         if !layers.multilingual && p.lang != "en" {
             continue;
         }

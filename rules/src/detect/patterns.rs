@@ -24,6 +24,10 @@ const fn p(id: &'static str, lang: &'static str, weight: u8, regex: &'static str
     }
 }
 
+/// The first `CORE_PATTERNS` entries are the original §6 set; the rest are the extended
+/// families (kept apart so that what they add can be measured).
+pub(crate) const CORE_PATTERNS: usize = 47;
+
 pub(crate) const FAMILIES: &[Pattern] = &[
     // --- "ignore previous instructions" and friends -------------------------------------
         p("ignore_previous", "en", STRONG, r"\b(ignore|disregard|forget|neglect|discard|abandon|drop) (all |any |every |of |the |your |my |these |those )*(previous|prior|above|earlier|preceding|foregoing|former|original|initial|old|system|developer|default|safety) (\w+ )?(instructions?|prompts?|directions|directives?|guidelines|rules|commands|orders|programming|guidance|constraints|guardrails|polic(y|ies))\b"),
@@ -255,6 +259,23 @@ pub(crate) const FAMILIES: &[Pattern] = &[
     p("instead_words", "any", 4, r"\b(stattdessen|a la place|plutot|en su lugar|en lugar de eso|invece|al posto)\b"),
     p("tool_names", "any", 5, r"\b(send_email|http_post|send_message|delete_file|fetch_url|transfer_money|execute_command|run_shell|read_file)\b"),
     p("api_key_words", "any", 5, r"\b(api-schlussel|cle api|clave api|chiave api|api key)\b"),
+    // --- Third pass over the training misses ---------------------------------------------
+    p("no_warnings_disclaimers", "en", 7, r"\b(do not|don't|never|without) (need to )?(issue|include|add|give|provide|adding|giving|including) (any )?(warnings?|disclaimers?|caveats|alerts)\b|\bnever say the words\b|\bdo not apologi[sz]e\b"),
+    p("without_remorse", "en", 6, r"\bwithout any (remorse|ethics|morals|moral|ethical)\b|\bunhinged\b"),
+    p("do_not_mention_ai", "en", 6, r"\b(do not|don't|never) (mention|say|reveal|admit) (that )?you are an? (assistant|ai|language model|chatbot)\b|\bsimulate a conversation where you act as\b"),
+    p("you_have_no_rules", "en", 8, r"\byou have no (restrictions|rules|limits|limitations|filters|guidelines|boundaries|ethics|morals)\b"),
+    p("prefix_answers_as", "en", 5, r"\b(prefix|start|begin) (all |each |every )?(of )?your (answers|responses|replies|messages) (as|with)\b"),
+    p("entire_conversation", "en", 8, r"\b(repeat|print|output|reproduce|recite)\b[^\x00]{0,30}\b(entire|whole|full) conversation\b|\bword for word\b"),
+    p("beginning_with_you_are", "en", STRONG, r"\b(beginning|starting|begin|start) with\W{1,4}you are\b"),
+    p("continue_system_prompt_is", "en", STRONG, r"\b(complete|continue|finish)( this| the following)?( sentence)?\W{1,5}(i was instructed|my instructions are|the system prompt is|my system prompt|my initial instructions)\b"),
+    p("then_back_to_text", "en", 4, r"\bthen back to (text|english|plain text)\b"),
+    p("see_the_system_prompt", "en", STRONG, r"\b(need|want|have|like) to (see|view|read|access|know) (the|your) (full |entire |exact )?(system|hidden|initial|developer|original) (prompt|instructions|configuration)\b"),
+    p("repeat_above_text", "en", STRONG, r"\b(repeat|print|output|reproduce|recite) (the |all )?(above|previous|preceding|prior) (text|words|messages|content|instructions|prompt)\b|\b(words|text|content) of the (previous|above|prior|preceding) (messages?|conversation|prompt)\b"),
+    p("not_supposed_to_tell", "en", STRONG, r"\bwhat are you not (supposed|allowed|permitted) to (tell|say|share|reveal|disclose)\b"),
+    p("ai_with_no_rules", "en", STRONG, r"\b(an? |the )?(ai|assistant|chatbot|model|bot) (with|that has|having) no (rules|restrictions|limits|limitations|filters|guidelines|ethics|morals|safety rules)\b|\b(where|in which) (the )?(ai|you|ais) (has|have) no (safety )?(rules|restrictions|limits|filters|guidelines)\b"),
+    p("safety_systems_disabled", "en", STRONG, r"\b(safety|security|moderation) (systems?|filters?|checks?) (are|is|have been) (now )?(disabled|off|removed|turned off)\b"),
+    p("fake_bracket_turns", "en", STRONG, r"\[(user|human|assistant|system)\W{0,2}: [^\]]{1,80}\] ?\[(user|human|assistant|ai)\W{0,2}:"),
+    p("tr_refuse", "tr", 5, r"\b(reddedemezsin|reddetme|reddetmeyeceksin|sinirsiz|muafsin|kuralsiz)\b|\b(filtreleri|kurallari|talimatlari)\b[^\x00]{0,10}\byok sayar\b"),
     // --- Turkish, Russian, Chinese (few sourced samples; core phrasing only) -------------
     p("tr_ignore_previous", "tr", STRONG, r"\b(onceki|yukaridaki|tum|butun|gizli)\b[^\x00]{0,30}\b(talimatlari|talimatlarini|talimatlar|kurallari|yonergeleri|komutlari|mesaji|mesajini|sistem mesajini)\b[^\x00]{0,20}\b(unut|yok say|gormezden gel|dikkate alma|ihmal et|bana yaz)\b"),
     p("tr_persona", "tr", 5, r"\bsen artik\b|\b(kural|kisitlama|filtre|sinir)(lari|siz|i)? (tanimayan|yok|olmayan)\b|\bkuralsiz\b|\bfiltre(yi|leri) (kapat|devre disi)\b"),
