@@ -26,7 +26,7 @@ use crate::agent::Agent;
 use crate::body::{unescape_lenient, BodyView, Parsed};
 use crate::catalog::{percent_decode, ApiStyle, Classification, ModelOrigin, ModelSource};
 use crate::decision::Decision;
-use crate::detect::injection::detect_injection_parts;
+use crate::detect::injection::{detect_injection_parts, Sensitivity};
 use crate::detect::secrets::detect_secrets;
 use crate::detect::text;
 use crate::detect::vault::VaultScanner;
@@ -199,7 +199,11 @@ impl Policy {
             _ => {}
         };
         if route.detectors.injection.is_on() {
-            let found = scan_injection(&body, class.provider.is_some());
+            let found = scan_injection(
+                &body,
+                class.provider.is_some(),
+                route.detectors.sensitivity,
+            );
             if !found.is_empty() {
                 record(route.detectors.injection, Reason::InjectionDetected);
             }
@@ -459,7 +463,11 @@ fn for_each_haystack(
 /// or the text of a body that is not JSON. A body that looks like JSON but did not parse
 /// never gets here (the route refused it, `body_unparseable`), and is never read as raw
 /// bytes, where `\u`-escaped text would be invisible.
-fn scan_injection(body: &BodyView<'_>, provider_schema: bool) -> Vec<&'static str> {
+fn scan_injection(
+    body: &BodyView<'_>,
+    provider_schema: bool,
+    sensitivity: Sensitivity,
+) -> Vec<&'static str> {
     match body.parsed() {
         Parsed::Json(doc) => {
             let mut parts = Vec::new();
@@ -467,15 +475,18 @@ fn scan_injection(body: &BodyView<'_>, provider_schema: bool) -> Vec<&'static st
             if parts.is_empty() {
                 return Vec::new();
             }
-            detect_injection_parts(&parts)
+            detect_injection_parts(&parts, sensitivity)
         }
         Parsed::Opaque => match body.raw() {
             Some(raw) if !raw.is_empty() => {
                 let text = String::from_utf8_lossy(raw);
-                let mut found = detect_injection_parts(&[&text]);
+                let mut found = detect_injection_parts(&[&text], sensitivity);
                 if raw.contains(&b'\\') {
                     let unescaped = unescape_lenient(raw);
-                    for id in detect_injection_parts(&[&String::from_utf8_lossy(&unescaped)]) {
+                    for id in detect_injection_parts(
+                        &[&String::from_utf8_lossy(&unescaped)],
+                        sensitivity,
+                    ) {
                         if !found.contains(&id) {
                             found.push(id);
                         }
@@ -489,7 +500,10 @@ fn scan_injection(body: &BodyView<'_>, provider_schema: bool) -> Vec<&'static st
         // should it ever be reached, the escapes are decoded rather than skipped.
         Parsed::Unparseable => match body.raw() {
             Some(raw) => {
-                detect_injection_parts(&[&String::from_utf8_lossy(&unescape_lenient(raw))])
+                detect_injection_parts(
+                    &[&String::from_utf8_lossy(&unescape_lenient(raw))],
+                    sensitivity,
+                )
             }
             None => Vec::new(),
         },

@@ -132,7 +132,10 @@ pub use config::{
 };
 pub use config::{RedisUrl, StateBackend, StateConfig, DEFAULT_STATE_TIMEOUT};
 pub use decision::Decision;
-pub use detect::injection::{detect_injection, injection_pattern_ids, normalize_text};
+pub use detect::injection::{
+    detect_injection, detect_injection_layers, detect_injection_with, injection_pattern_ids,
+    normalize_text, Layers, Sensitivity,
+};
 pub use detect::redact::{redact, Redactor, REDACTED};
 pub use detect::secrets::{detect_secrets, secret_format_ids};
 pub use detect::vault::{VaultHit, VaultScanner};

@@ -274,6 +274,11 @@ const INVALID: &[(&str, usize, &str)] = &[
         16,
         "unknown detector mode \"deny\"",
     ),
+    (
+        "detector_sensitivity_unknown",
+        16,
+        "unknown detector sensitivity \"paranoid\"; use \"balanced\" or \"high\"",
+    ),
     ("detector_unknown", 16, "unknown field `pii`"),
     (
         "detectors_on_deny_route",

@@ -548,3 +548,101 @@ detectors = { injection = "block" }
         );
     }
 }
+
+// ---- secrets inside encoded blobs -----------------------------------------------------
+
+/// Every character outside `[A-Za-z0-9]` as `%XX`, as in a query string or form body.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A JSON string with every letter `\u`-escaped, as a client that escapes
+/// non-ASCII-safe output (or an attacker) might write it.
+fn json_escape_letters(text: &str) -> String {
+    let inner: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphabetic() {
+                format!("\\u{:04x}", u32::from(c))
+            } else if c == '"' {
+                "\\\"".to_owned()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    format!("{{\"note\": \"{inner}\"}}")
+}
+
+/// The carriers of a blob: base64 (a `.env` or JSON config, encoded), base64url, hex,
+/// URL escapes and JSON `\u` escapes.
+fn encodings(line: &str) -> Vec<(&'static str, String)> {
+    let real = line.replace("\\n", "\n");
+    vec![
+        ("base64", format!("config_b64: {}", STANDARD.encode(&real))),
+        ("base64url", format!("?state={}", URL_SAFE_NO_PAD.encode(&real))),
+        ("hex", format!("blob=0x{}", hex_encode(real.as_bytes()))),
+        ("url", format!("q={}", url_encode(&real))),
+        ("json_escape", json_escape_letters(&real)),
+    ]
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn secrets_inside_encoded_blobs_are_found_and_encoded_lookalikes_are_not() {
+    let mut g = Gen(0xB10B);
+    let secrets: Vec<String> = corpus("secrets.txt")
+        .iter()
+        .map(|l| fill(l, &mut g))
+        .collect();
+    let mut found = 0;
+    let mut total = 0;
+    let mut missed = Vec::new();
+    for line in &secrets {
+        for (kind, blob) in encodings(line) {
+            total += 1;
+            if detect_secrets(blob.as_bytes()).is_empty() {
+                missed.push(format!("{kind}: {} bytes", blob.len()));
+            } else {
+                found += 1;
+            }
+        }
+    }
+    let mut flagged = Vec::new();
+    let mut negatives = 0;
+    for line in corpus("lookalikes.txt") {
+        for (kind, blob) in encodings(&line) {
+            negatives += 1;
+            if !detect_secrets(blob.as_bytes()).is_empty() {
+                flagged.push(format!("{kind}: {line}"));
+            }
+        }
+    }
+    let recall = found as f64 / total as f64;
+    let fp = flagged.len() as f64 / negatives as f64;
+    println!(
+        "encoded secrets: recall {:.3} ({found}/{total}), look-alike false positives {:.3} ({}/{negatives})",
+        recall,
+        fp,
+        flagged.len()
+    );
+    for m in &missed {
+        println!("  missed {m}");
+    }
+    for f in &flagged {
+        println!("  flagged {f}");
+    }
+    assert!(recall >= 0.95, "encoded secret recall {recall:.3} below 0.95");
+    assert!(fp <= 0.01, "encoded look-alike false positives {fp:.3} above 0.01");
+}

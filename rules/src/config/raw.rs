@@ -195,6 +195,7 @@ pub(super) struct RawBudget {
 pub(super) struct RawDetectors {
     pub(super) injection: Option<S<String>>,
     pub(super) secrets: Option<S<String>>,
+    pub(super) sensitivity: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ use toml::Spanned;
 use crate::catalog::{
     builtin_provider_ids, ApiStyle, KeyInjection, ModelSource, Provider, ProviderHost,
 };
+use crate::detect::injection::Sensitivity;
 use crate::detect::{DetectorMode, Detectors};
 use crate::host::{Host, HostPattern};
 use crate::narrow::NarrowSpec;
@@ -303,7 +304,8 @@ impl Errors<'_> {
         }
     }
 
-    /// `detectors = { injection = "block", secrets = "warn" }`; omitted means off.
+    /// `detectors = { injection = "block", secrets = "warn", sensitivity = "high" }`;
+    /// omitted means off (and `balanced`).
     pub(super) fn route_detectors(&mut self, raw: Option<&S<RawDetectors>>) -> Detectors {
         let mut detectors = Detectors::default();
         let Some(raw) = raw else {
@@ -325,6 +327,18 @@ impl Errors<'_> {
                         ),
                     ),
                 }
+            }
+        }
+        if let Some(value) = &raw.sensitivity {
+            match Sensitivity::parse(value.get_ref()) {
+                Some(sensitivity) => detectors.sensitivity = sensitivity,
+                None => self.at(
+                    &value.span(),
+                    format!(
+                        "unknown detector sensitivity \"{}\"; use \"balanced\" or \"high\"",
+                        value.get_ref()
+                    ),
+                ),
             }
         }
         detectors

@@ -202,7 +202,7 @@ const BUDGET: Table = Table {
 
 const DETECTORS: Table = Table {
     name: "a route's `detectors`",
-    keys: &[("injection", V), ("secrets", V)],
+    keys: &[("injection", V), ("secrets", V), ("sensitivity", V)],
 };
 
 const NARROW: Table = Table {

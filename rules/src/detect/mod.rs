@@ -6,7 +6,9 @@
 
 use std::fmt;
 
+pub(crate) mod fold;
 pub(crate) mod injection;
+pub(crate) mod patterns;
 pub(crate) mod redact;
 pub(crate) mod secrets;
 pub(crate) mod text;
@@ -74,11 +76,13 @@ impl DetectorMode {
     }
 }
 
-/// A route's `detectors = { injection = "block", secrets = "warn" }`.
+/// A route's `detectors = { injection = "block", secrets = "warn", sensitivity = "high" }`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Detectors {
     /// Prompt injection over the prompt text.
     pub injection: DetectorMode,
+    /// How readily the injection detector fires (`balanced` unless set).
+    pub sensitivity: injection::Sensitivity,
     /// Provider key formats anywhere in the URL or body.
     pub secrets: DetectorMode,
 }

@@ -16,6 +16,8 @@ use std::sync::LazyLock;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine as _;
 
+use super::fold::{decode_layers, DECODE_BUDGET, MAX_DEPTH};
+
 /// What a probe found at a candidate position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {
@@ -474,7 +476,55 @@ fn pem_without_end(base64_chars: usize, last_body: usize) -> Probe {
 /// The ids of the formats found in `haystack` (complete input), deduplicated, in order
 /// of first occurrence. Matches do not overlap: a candidate inside a secret already
 /// found is not probed.
+///
+/// Keys inside encoded blobs are found too: base64 and base64url blocks (a `.env` file
+/// or JSON config, encoded), hex, `%XX` URL escapes and `\uXXXX` escapes are decoded,
+/// at most two layers deep and within a byte budget, and scanned again.
 pub fn detect_secrets(haystack: &[u8]) -> Vec<&'static str> {
+    let mut ids = scan_formats(haystack);
+    if may_hold_encoding(haystack) {
+        let mut budget = DECODE_BUDGET;
+        decoded_secrets(&String::from_utf8_lossy(haystack), 1, &mut budget, &mut ids);
+    }
+    ids
+}
+
+/// A cheap pre-check: a run of 24 base64 characters, a `%`, or a backslash escape.
+fn may_hold_encoding(haystack: &[u8]) -> bool {
+    let mut run = 0usize;
+    for &b in haystack {
+        if b == b'%' || b == b'\\' {
+            return true;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=') {
+            run += 1;
+            if run >= 24 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+fn decoded_secrets(text: &str, depth: usize, budget: &mut usize, ids: &mut Vec<&'static str>) {
+    let mut decoded = Vec::new();
+    decode_layers(text, budget, &mut decoded);
+    for d in decoded {
+        for id in scan_formats(d.text.as_bytes()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        if depth < MAX_DEPTH && *budget > 0 {
+            decoded_secrets(&d.text, depth + 1, budget, ids);
+        }
+    }
+}
+
+/// The formats found in `haystack` as it is, without decoding.
+fn scan_formats(haystack: &[u8]) -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = Vec::new();
     let mut cursor = 0;
     for (start, index) in PREFIXES.candidates(haystack) {
