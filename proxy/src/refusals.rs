@@ -114,9 +114,9 @@ impl Refusals {
     /// next window, so the sum stays exact.
     pub async fn flush(&self, ledger: &Ledger, snap: &PolicySnapshot) {
         let closed = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut unwritten = Vec::new();
-        for (key, peer) in closed.peers {
-            for ((listener, reason), count) in peer.counted {
+        // All at once, so that they share the writer's batches.
+        let writes = closed.peers.into_iter().flat_map(|(key, peer)| {
+            peer.counted.into_iter().map(move |((listener, reason), count)| {
                 let facts = aggregate(key, &listener, reason, count, snap);
                 tracing::info!(
                     peer = facts.peer.as_deref().unwrap_or("others"),
@@ -125,12 +125,22 @@ impl Refusals {
                     count,
                     "unidentified refusals past the recording rate, recorded as one"
                 );
-                if let Err(e) = ledger.append_decision(facts).await {
-                    tracing::warn!(error = %e, count, "aggregate refusal record not written; kept for the next window");
-                    unwritten.push((key, listener, reason, count));
+                async move {
+                    match ledger.append_decision(facts).await {
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, count, "aggregate refusal record not written; kept for the next window");
+                            Some((key, listener, reason, count))
+                        }
+                    }
                 }
-            }
-        }
+            })
+        });
+        let unwritten: Vec<_> = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if unwritten.is_empty() {
             return;
         }
