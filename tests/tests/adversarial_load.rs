@@ -169,17 +169,29 @@ async fn two_hundred_h2_streams_of_8_mib_from_one_agent_leave_another_tenant_ser
         .await
         .expect("the attack never finished")
         .unwrap();
+    // Each stream is refused: by the injection detector once its body is read, or, past
+    // the tenant's inspection memory (64 MiB: eight such bodies at once), with 503.
     assert!(
-        statuses.iter().all(|s| *s == 403),
+        statuses.iter().all(|s| *s == 403 || *s == 503),
         "attacker streams: {:?}",
         statuses
     );
-    assert_eq!(refused.load(Ordering::SeqCst), 200);
-    let blocked = ledger_records(&proxy.ledger_dir)
-        .into_iter()
-        .filter(|r| r["kind"] == "decision" && r["reason"] == "injection_detected")
-        .count();
-    assert_eq!(blocked, 200, "{}", ledger_dump(&proxy.ledger_dir));
+    let detected = refused.load(Ordering::SeqCst);
+    assert!(detected >= 1, "no body was read and scanned: {statuses:?}");
+    let records = ledger_records(&proxy.ledger_dir);
+    let count = |reason: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "decision" && r["reason"] == reason)
+            .count()
+    };
+    assert_eq!(
+        count("injection_detected"),
+        detected,
+        "{}",
+        ledger_dump(&proxy.ledger_dir)
+    );
+    assert_eq!(count("memory_budget"), 200 - detected);
     assert!(
         origin
             .seen()
