@@ -1026,7 +1026,8 @@ fn reason_codes_are_unique_snake_case_and_all_listed() {
             "{code}: {message}"
         );
     }
-    assert_eq!(Reason::ALL.len(), 41);
+    assert_eq!(Reason::ALL.len(), 42);
+    assert_eq!(Reason::DeniedTunnelLimit.code(), "denied_tunnel_limit");
     assert_eq!(Reason::ConnectionLimit.code(), "connection_limit");
     assert_eq!(Reason::MemoryBudget.code(), "memory_budget");
     assert_eq!(Reason::StateUnavailable.code(), "state_unavailable");
