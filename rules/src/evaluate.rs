@@ -199,11 +199,8 @@ impl Policy {
             _ => {}
         };
         if route.detectors.injection.is_on() {
-            let found = scan_injection(
-                &body,
-                class.provider.is_some(),
-                route.detectors.sensitivity,
-            );
+            let found =
+                scan_injection(&body, class.provider.is_some(), route.detectors.sensitivity);
             if !found.is_empty() {
                 record(route.detectors.injection, Reason::InjectionDetected);
             }
@@ -483,10 +480,9 @@ fn scan_injection(
                 let mut found = detect_injection_parts(&[&text], sensitivity);
                 if raw.contains(&b'\\') {
                     let unescaped = unescape_lenient(raw);
-                    for id in detect_injection_parts(
-                        &[&String::from_utf8_lossy(&unescaped)],
-                        sensitivity,
-                    ) {
+                    for id in
+                        detect_injection_parts(&[&String::from_utf8_lossy(&unescaped)], sensitivity)
+                    {
                         if !found.contains(&id) {
                             found.push(id);
                         }
@@ -499,12 +495,10 @@ fn scan_injection(
         // invariant: unreachable on a route with detectors (it refuses these bodies);
         // should it ever be reached, the escapes are decoded rather than skipped.
         Parsed::Unparseable => match body.raw() {
-            Some(raw) => {
-                detect_injection_parts(
-                    &[&String::from_utf8_lossy(&unescape_lenient(raw))],
-                    sensitivity,
-                )
-            }
+            Some(raw) => detect_injection_parts(
+                &[&String::from_utf8_lossy(&unescape_lenient(raw))],
+                sensitivity,
+            ),
             None => Vec::new(),
         },
         Parsed::Incomplete | Parsed::Encoded => Vec::new(),

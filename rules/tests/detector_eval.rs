@@ -48,7 +48,9 @@ fn unescape(text: &str) -> String {
 }
 
 fn load(name: &str) -> Vec<Row> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/eval").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus/eval")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -56,7 +58,11 @@ fn load(name: &str) -> Vec<Row> {
             let cols: Vec<&str> = line.splitn(5, '\t').collect();
             assert_eq!(cols.len(), 5, "{name}: {line}");
             let text = unescape(cols[4]);
-            let key = if cols[3].is_empty() { text.as_str() } else { cols[3] };
+            let key = if cols[3].is_empty() {
+                text.as_str()
+            } else {
+                cols[3]
+            };
             let held_out = fnv1a(key) % 10 < 3;
             Row {
                 category: cols[0].to_owned(),
@@ -114,7 +120,10 @@ fn measure(attacks: &[Row], benign: &[Row], held_out: bool, sensitivity: Sensiti
         let hit = !detect_injection_with(&row.text, sensitivity).is_empty();
         for t in [
             &mut report.fp,
-            report.fp_by_category.entry(row.category.clone()).or_default(),
+            report
+                .fp_by_category
+                .entry(row.category.clone())
+                .or_default(),
         ] {
             t.total += 1;
             t.hit += usize::from(hit);
@@ -137,13 +146,31 @@ fn table(name: &str, r: &Report) -> String {
         r.fp.total
     );
     for (k, t) in &r.by_category {
-        let _ = writeln!(s, "  category {k:<12} recall {:.3} ({}/{})", t.rate(), t.hit, t.total);
+        let _ = writeln!(
+            s,
+            "  category {k:<12} recall {:.3} ({}/{})",
+            t.rate(),
+            t.hit,
+            t.total
+        );
     }
     for (k, t) in &r.by_lang {
-        let _ = writeln!(s, "  lang     {k:<12} recall {:.3} ({}/{})", t.rate(), t.hit, t.total);
+        let _ = writeln!(
+            s,
+            "  lang     {k:<12} recall {:.3} ({}/{})",
+            t.rate(),
+            t.hit,
+            t.total
+        );
     }
     for (k, t) in &r.fp_by_category {
-        let _ = writeln!(s, "  benign   {k:<20} fp {:.3} ({}/{})", t.rate(), t.hit, t.total);
+        let _ = writeln!(
+            s,
+            "  benign   {k:<20} fp {:.3} ({}/{})",
+            t.rate(),
+            t.hit,
+            t.total
+        );
     }
     s
 }
@@ -154,13 +181,25 @@ fn dump_training(attacks: &[Row], benign: &[Row], path: &str) {
     let mut out = String::new();
     for row in attacks.iter().filter(|r| !r.held_out) {
         if detect_injection_with(&row.text, Sensitivity::Balanced).is_empty() {
-            let _ = writeln!(out, "MISS\t{}\t{}\t{}", row.category, row.lang, row.text.replace('\n', "\\n"));
+            let _ = writeln!(
+                out,
+                "MISS\t{}\t{}\t{}",
+                row.category,
+                row.lang,
+                row.text.replace('\n', "\\n")
+            );
         }
     }
     for row in benign.iter().filter(|r| !r.held_out) {
         let ids = detect_injection_with(&row.text, Sensitivity::Balanced);
         if !ids.is_empty() {
-            let _ = writeln!(out, "FP\t{}\t{:?}\t{}", row.category, ids, row.text.replace('\n', "\\n"));
+            let _ = writeln!(
+                out,
+                "FP\t{}\t{:?}\t{}",
+                row.category,
+                ids,
+                row.text.replace('\n', "\\n")
+            );
         }
     }
     std::fs::write(path, out).unwrap();
@@ -177,15 +216,36 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
     };
     let steps: [(&str, Layers); 6] = [
         ("original 47 patterns (normalization only)", none),
-        ("+ extended English families", Layers { extended: true, ..none }),
-        ("+ de/fr/es/it/tr families", Layers { extended: true, multilingual: true, ..none }),
+        (
+            "+ extended English families",
+            Layers {
+                extended: true,
+                ..none
+            },
+        ),
+        (
+            "+ de/fr/es/it/tr families",
+            Layers {
+                extended: true,
+                multilingual: true,
+                ..none
+            },
+        ),
         (
             "+ weak-signal scoring",
-            Layers { extended: true, multilingual: true, weak_signals: true, ..none },
+            Layers {
+                extended: true,
+                multilingual: true,
+                weak_signals: true,
+                ..none
+            },
         ),
         (
             "+ squeezed view and smuggling shapes",
-            Layers { decode: false, ..Layers::ALL },
+            Layers {
+                decode: false,
+                ..Layers::ALL
+            },
         ),
         ("+ decoding layers (everything)", Layers::ALL),
     ];
@@ -237,11 +297,23 @@ fn the_evaluation_set_is_large_multilingual_and_labelled() {
         "{foreign} of {} attacks not in English (need 20%)",
         attacks.len()
     );
-    for cat in ["jailbreak", "indirect", "override", "obfuscation", "extraction"] {
-        assert!(attacks.iter().any(|r| r.category == cat), "no {cat} attacks");
+    for cat in [
+        "jailbreak",
+        "indirect",
+        "override",
+        "obfuscation",
+        "extraction",
+    ] {
+        assert!(
+            attacks.iter().any(|r| r.category == cat),
+            "no {cat} attacks"
+        );
     }
     let held = attacks.iter().filter(|r| r.held_out).count();
-    assert!(held * 5 >= attacks.len() && held * 2 <= attacks.len(), "{held} held out");
+    assert!(
+        held * 5 >= attacks.len() && held * 2 <= attacks.len(),
+        "{held} held out"
+    );
 }
 
 #[test]
@@ -265,13 +337,22 @@ fn injection_detector_meets_its_targets_on_the_held_out_split() {
 
     let mut failures = Vec::new();
     if held.recall.rate() < TARGET_RECALL {
-        println!("BELOW TARGET: held-out recall {:.3} < {TARGET_RECALL}", held.recall.rate());
+        println!(
+            "BELOW TARGET: held-out recall {:.3} < {TARGET_RECALL}",
+            held.recall.rate()
+        );
     }
     if held.recall.rate() < FLOOR_RECALL_BELOW_TARGET {
-        failures.push(format!("recall {:.3} < floor {FLOOR_RECALL_BELOW_TARGET}", held.recall.rate()));
+        failures.push(format!(
+            "recall {:.3} < floor {FLOOR_RECALL_BELOW_TARGET}",
+            held.recall.rate()
+        ));
     }
     if held.fp.rate() > TARGET_FALSE_POSITIVES {
-        failures.push(format!("false positives {:.3} > {TARGET_FALSE_POSITIVES}", held.fp.rate()));
+        failures.push(format!(
+            "false positives {:.3} > {TARGET_FALSE_POSITIVES}",
+            held.fp.rate()
+        ));
     }
     for (cat, t) in &held.by_category {
         let floor = FLOOR_CATEGORY_BELOW_TARGET
@@ -288,7 +369,10 @@ fn injection_detector_meets_its_targets_on_the_held_out_split() {
     for lang in ASSERTED_LANGS {
         let t = held.by_lang.get(*lang).copied().unwrap_or_default();
         if t.rate() < TARGET_CATEGORY_RECALL {
-            failures.push(format!("language {lang} recall {:.3} < {TARGET_CATEGORY_RECALL}", t.rate()));
+            failures.push(format!(
+                "language {lang} recall {:.3} < {TARGET_CATEGORY_RECALL}",
+                t.rate()
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

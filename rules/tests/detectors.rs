@@ -588,7 +588,10 @@ fn encodings(line: &str) -> Vec<(&'static str, String)> {
     let real = line.replace("\\n", "\n");
     vec![
         ("base64", format!("config_b64: {}", STANDARD.encode(&real))),
-        ("base64url", format!("?state={}", URL_SAFE_NO_PAD.encode(&real))),
+        (
+            "base64url",
+            format!("?state={}", URL_SAFE_NO_PAD.encode(&real)),
+        ),
         ("hex", format!("blob=0x{}", hex_encode(real.as_bytes()))),
         ("url", format!("q={}", url_encode(&real))),
         ("json_escape", json_escape_letters(&real)),
@@ -643,8 +646,14 @@ fn secrets_inside_encoded_blobs_are_found_and_encoded_lookalikes_are_not() {
     for f in &flagged {
         println!("  flagged {f}");
     }
-    assert!(recall >= 0.95, "encoded secret recall {recall:.3} below 0.95");
-    assert!(fp <= 0.01, "encoded look-alike false positives {fp:.3} above 0.01");
+    assert!(
+        recall >= 0.95,
+        "encoded secret recall {recall:.3} below 0.95"
+    );
+    assert!(
+        fp <= 0.01,
+        "encoded look-alike false positives {fp:.3} above 0.01"
+    );
 }
 
 #[test]

@@ -199,8 +199,6 @@ fn explain_names_the_decoding_layer_and_the_pattern_of_an_encoded_injection() {
         ),
     );
     assert_eq!(e.decision.reason, Reason::InjectionDetected);
-    assert!(e
-        .detectors
-        .contains(&"injection:encoded_base64".to_owned()));
+    assert!(e.detectors.contains(&"injection:encoded_base64".to_owned()));
     assert!(!e.to_string().to_lowercase().contains("ignore all"));
 }

@@ -199,7 +199,10 @@ pub fn detect_injection_layers(
 const BARRIER: &str = "\0\0\0\0\0\0\0\0\0\0";
 
 /// [`detect_injection`] over separate strings (messages, parts, tool results).
-pub(crate) fn detect_injection_parts(parts: &[&str], sensitivity: Sensitivity) -> Vec<&'static str> {
+pub(crate) fn detect_injection_parts(
+    parts: &[&str],
+    sensitivity: Sensitivity,
+) -> Vec<&'static str> {
     scan(parts, sensitivity, Layers::ALL)
 }
 

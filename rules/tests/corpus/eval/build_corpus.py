@@ -212,7 +212,8 @@ def paragraphs(text, lo=80, hi=1500):
 for meta in sorted(glob.glob(p("*/*.dist-info/METADATA"))):
     pkg = os.path.basename(os.path.dirname(meta)).replace(".dist-info", "")
     body = open(meta, encoding="utf-8", errors="replace").read().split("\n\n", 1)[-1]
-    if "django" in pkg:
+    # prompt-injection-bench's metadata contradicts itself on its licence: left out.
+    if "django" in pkg or "prompt_injection_bench" in pkg:
         continue
     add(benign, "security_discussion", "en", f"{pkg} METADATA (README)", take(paragraphs(body), 40))
 
