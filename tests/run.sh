@@ -6,7 +6,8 @@
 #   - a Python venv at ./.venv with the pinned openai / anthropic SDKs, and the Helm Go
 #     SDK (helm-python-sdk: renders the chart, no helm binary) and the Kubernetes API
 #     schemas (kubernetes-validate) for deploy/;
-#   - cargo fmt --check, cargo clippy -D warnings, then cargo test for the
+#   - cargo fmt --check, cargo clippy -D warnings, cargo deny (licences, bans,
+#     sources; installed pinned if missing), then cargo test for the
 #     whole workspace (the e2e suite finds the venv through PORTCULLIS_TEST_PYTHON).
 #   - for the transparent-mode and shared-state tests: setpriv and redis-server
 #     (the transparent tests create network namespaces, so they run as root,
@@ -64,6 +65,16 @@ cargo fmt --all -- --check
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Supply chain: licences, a single TLS stack, crates from crates.io only (deny.toml).
+# Advisories need the RustSec database from GitHub, which CI cannot reach (README).
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "cargo-deny $CARGO_DENY_VERSION"; then
+  say "installing cargo-deny $CARGO_DENY_VERSION"
+  cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+fi
+say "cargo deny check licenses bans sources"
+cargo deny --log-level error check licenses bans sources
 
 say "cargo test (workspace)"
 cargo test --workspace --locked --no-fail-fast

@@ -365,6 +365,7 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
         limits: Limits {
             client_header_timeout: cfg.limits.client_header_timeout,
             body_progress_timeout: cfg.limits.body_progress_timeout,
+            client_idle_timeout: cfg.limits.client_idle_timeout,
             max_inspect_body: cfg.limits.max_inspect_body,
             max_header_bytes: cfg.limits.max_header_bytes,
             handshake_timeout: cfg.limits.client_header_timeout,

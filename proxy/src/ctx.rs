@@ -25,6 +25,8 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// A request body that sends nothing for this long is cut off.
     pub body_progress_timeout: Duration,
+    /// An h2 client connection with no stream in flight for this long is closed.
+    pub client_idle_timeout: Duration,
     /// Request bodies are read up to this size for classification and detectors.
     pub max_inspect_body: u64,
     pub max_header_bytes: usize,

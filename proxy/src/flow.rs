@@ -2,7 +2,9 @@
 //! in, what a tunnel's CONNECT decided, and ids.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_rules::{Decision, Host, ListenerAuth, Route};
 use rand::RngCore;
@@ -120,6 +122,11 @@ pub struct ConnSlot {
     _gauge: ConnectionGauge,
     /// On a gateway connection: the slots of the agents that used it.
     agents: std::sync::Mutex<Vec<AgentConn>>,
+    /// Requests in flight (from the driver's start to the end of the response
+    /// body), and a tick per start and end: the idle watcher samples both, so
+    /// a request costs two atomic adds and no timer.
+    busy: AtomicU32,
+    ticks: AtomicU64,
 }
 
 impl ConnSlot {
@@ -135,7 +142,32 @@ impl ConnSlot {
             _peer_slot: peer_slot,
             _gauge: gauge,
             agents: std::sync::Mutex::new(Vec::new()),
+            busy: AtomicU32::new(0),
+            ticks: AtomicU64::new(0),
         })
+    }
+
+    /// Marks a request in flight until the returned value is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight, and none
+    /// started or ended, for a whole `after` (so between one and two `after`s
+    /// after its last activity). A held approval or a long stream is in flight,
+    /// so it never counts as idle.
+    pub async fn idle(&self, after: Duration) {
+        let mut seen = self.ticks.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(after).await;
+            let now = self.ticks.load(Ordering::Relaxed);
+            if now == seen && self.busy.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            seen = now;
+        }
     }
 
     /// Counts this connection against `agent`'s cap, once per agent, for as long
@@ -156,6 +188,16 @@ impl ConnSlot {
 
     pub fn peer(&self) -> IpAddr {
         self.peer
+    }
+}
+
+/// One request in flight on a connection (see [`ConnSlot::busy`]).
+pub struct Busy(Arc<ConnSlot>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.ticks.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -365,6 +365,8 @@ pub struct OutcomeGuard {
     model: Option<String>,
     /// The decision's facts, when this guard logs the request's one line.
     decision: Option<Box<DecisionFacts>>,
+    /// Keeps the connection from counting as idle until the response ends.
+    busy: Option<crate::flow::Busy>,
 }
 
 impl OutcomeGuard {
@@ -402,7 +404,13 @@ impl OutcomeGuard {
             provider: c.and_then(|c| c.provider.clone()),
             model: c.and_then(|c| c.model.clone()),
             decision: None,
+            busy: None,
         }
+    }
+
+    /// Holds the connection's in-flight mark for as long as this request lives.
+    pub fn keep_busy(&mut self, busy: crate::flow::Busy) {
+        self.busy = Some(busy);
     }
 
     /// This guard writes the request's only log line, the decision and the outcome

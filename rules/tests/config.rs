@@ -526,6 +526,7 @@ fn omitted_sections_take_their_documented_defaults() {
     assert_eq!(config.upstream.idle_timeout, Duration::from_secs(90));
     assert_eq!(config.limits.client_header_timeout, Duration::from_secs(10));
     assert_eq!(config.limits.body_progress_timeout, Duration::from_secs(30));
+    assert_eq!(config.limits.client_idle_timeout, Duration::from_secs(120));
     assert_eq!(config.limits.max_header_bytes, 64 * 1024);
     assert_eq!(config.limits.max_inspect_body, 8 * 1024 * 1024);
     assert_eq!(config.limits.max_connections, 10_000);
@@ -588,6 +589,7 @@ fn full_config_parses_every_field_into_its_typed_value() {
     assert_eq!(config.upstream.idle_timeout, Duration::from_secs(5 * 60));
     assert_eq!(config.limits.max_header_bytes, 32_768);
     assert_eq!(config.limits.body_progress_timeout, Duration::from_secs(7));
+    assert_eq!(config.limits.client_idle_timeout, Duration::from_secs(45));
     assert_eq!(config.limits.max_inspect_body, 1_048_576);
     assert_eq!(config.limits.shutdown_grace, Duration::ZERO);
 

@@ -28,10 +28,13 @@ use crate::rescue::{ledger_unavailable, rescue, Refusal};
 pub async fn drive(ctx: Arc<Ctx>, flow: Arc<Flow>, req: Request<Incoming>) -> Response<ProxyBody> {
     // One snapshot per request: a reload mid-request cannot change its rules.
     let snap = ctx.policy.load();
+    // In flight until the driver returns, or, for a forwarded request, until
+    // the outcome guard drops at the end of the response body.
+    let busy = flow.slot.busy();
     let mut rec = RequestRecord::new(&snap, &flow.listener);
     rec.peer = Some(flow.slot.peer());
     rec.method = Some(req.method().as_str().to_owned());
-    match run(&ctx, &flow, &snap, &mut rec, req).await {
+    match run(&ctx, &flow, &snap, &mut rec, req, busy).await {
         Ok(resp) => resp,
         Err(refusal) => rescue(&ctx, &mut rec, refusal).await,
     }
@@ -43,6 +46,7 @@ async fn run(
     snap: &crate::policy::PolicySnapshot,
     rec: &mut RequestRecord,
     req: Request<Incoming>,
+    busy: crate::flow::Busy,
 ) -> Result<Response<ProxyBody>, Refusal> {
     // bind: framing verdict, who is calling, where it goes, Host == target, and
     // one canonical path, so policy and upstream see the same request.
@@ -95,6 +99,7 @@ async fn run(
     // act). The outcome guard is armed first: a client that goes away while
     // the record is written still leaves an outcome beside its allow.
     let mut guard = OutcomeGuard::new(rec, &ctx.ledger, &ctx.outcomes, &ctx.phase, &ctx.metrics);
+    guard.keep_busy(busy);
     // One log line per request: the guard writes it when the request ends.
     guard.log_decision_with_outcome(rec);
     if !rec.is_committed() {

@@ -109,6 +109,7 @@ where
             wire: Wire::Http2,
             slot,
         });
+        let idle_slot = flow.slot.clone();
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
             let ctx = svc_ctx.clone();
@@ -136,10 +137,13 @@ where
             .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .serve_connection(TokioIo::new(tls), svc);
+        // A client that answers PINGs but opens no stream is otherwise never
+        // closed: hyper's h2 server has no idle timeout of its own.
         let res = serve_with_drain!(
             conn,
             ctx.reached(Phase::Draining),
-            ctx.reached(Phase::Closing)
+            ctx.reached(Phase::Closing),
+            idle: idle_slot.idle(ctx.limits.client_idle_timeout)
         );
         if let Err(e) = res {
             tracing::debug!(error = %e, "h2 tunnel ended with an error");
@@ -225,6 +229,8 @@ pub async fn serve_h1<IO>(
         .header_read_timeout(ctx.limits.client_header_timeout)
         .serve_connection(TokioIo::new(guard), svc)
         .with_upgrades();
+    // No idle watcher here: hyper restarts `header_read_timeout` while it
+    // waits for the next head, so a quiet keep-alive connection closes then.
     let res = serve_with_drain!(
         conn,
         ctx.reached(Phase::Draining),

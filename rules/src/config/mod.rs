@@ -367,6 +367,12 @@ pub struct Limits {
     /// guard): before the decision it gets `408`, while streaming the
     /// upstream request is aborted. Default 30 s.
     pub body_progress_timeout: Duration,
+    /// An HTTP/2 client connection with no stream in flight, and none started or ended
+    /// for this long, is sent GOAWAY and closed, so that idle connections cannot hold
+    /// connection slots for ever; it closes between one and two times this after the
+    /// last activity. (An idle HTTP/1 connection closes at `client_header_timeout`,
+    /// which also bounds the wait for the next request head.) Default 120 s.
+    pub client_idle_timeout: Duration,
     /// Largest request head accepted. Default 64 KiB.
     pub max_header_bytes: usize,
     /// Largest body read for inspection. Default 8 MiB.
@@ -394,6 +400,7 @@ impl Default for Limits {
         Limits {
             client_header_timeout: Duration::from_secs(10),
             body_progress_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             max_inspect_body: 8 * 1024 * 1024,
             inspect_memory: 256 * 1024 * 1024,

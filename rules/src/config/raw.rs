@@ -107,6 +107,7 @@ pub(super) struct RawUpstream {
 pub(super) struct RawLimits {
     pub(super) client_header_timeout: Option<S<RawDuration>>,
     pub(super) body_progress_timeout: Option<S<RawDuration>>,
+    pub(super) client_idle_timeout: Option<S<RawDuration>>,
     pub(super) max_header_bytes: Option<S<i64>>,
     pub(super) max_inspect_body: Option<S<i64>>,
     pub(super) inspect_memory: Option<S<i64>>,

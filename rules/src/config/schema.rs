@@ -123,6 +123,7 @@ const LIMITS: Table = Table {
     keys: &[
         ("client_header_timeout", V),
         ("body_progress_timeout", V),
+        ("client_idle_timeout", V),
         ("max_header_bytes", V),
         ("max_inspect_body", V),
         ("inspect_memory", V),

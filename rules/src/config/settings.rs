@@ -321,6 +321,9 @@ impl Errors<'_> {
         if let Some(value) = self.duration(raw.body_progress_timeout, false) {
             limits.body_progress_timeout = value;
         }
+        if let Some(value) = self.duration(raw.client_idle_timeout, false) {
+            limits.client_idle_timeout = value;
+        }
         if let Some(value) = self.positive(raw.max_header_bytes) {
             limits.max_header_bytes = value;
         }

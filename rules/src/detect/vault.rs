@@ -220,6 +220,9 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     // Percent-escapes may be written in either case.
     forms.push(Zeroizing::new(percent_encode(value, false)));
     forms.push(Zeroizing::new(percent_encode(value, true)));
+    // ... and every byte may be escaped, unreserved ones too (`%73%6B%2D…`).
+    forms.push(Zeroizing::new(percent_encode_all(value, false)));
+    forms.push(Zeroizing::new(percent_encode_all(value, true)));
     forms.push(Zeroizing::new(hex_encode(value, false)));
     forms.push(Zeroizing::new(hex_encode(value, true)));
     forms.extend(aligned_base64(value, &STANDARD_NO_PAD));
@@ -272,6 +275,16 @@ fn percent_encode(value: &[u8], upper: bool) -> Vec<u8> {
     out
 }
 
+fn percent_encode_all(value: &[u8], upper: bool) -> Vec<u8> {
+    let hex = hex_encode(value, upper);
+    let mut out = Vec::with_capacity(value.len() * 3);
+    for pair in hex.chunks(2) {
+        out.push(b'%');
+        out.extend_from_slice(pair);
+    }
+    out
+}
+
 fn hex_encode(value: &[u8], upper: bool) -> Vec<u8> {
     let digits: &[u8; 16] = if upper {
         b"0123456789ABCDEF"
@@ -313,6 +326,18 @@ mod tests {
                     "prefix {prefix:?} suffix {suffix:?}: {text}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_value_with_every_byte_percent_escaped_is_found_in_either_case() {
+        let secret = b"sk-proj-AbCdEfGhIjKl";
+        let s = scanner(secret);
+        let upper: String = secret.iter().map(|b| format!("%{b:02X}")).collect();
+        let lower: String = secret.iter().map(|b| format!("%{b:02x}")).collect();
+        for text in [upper, lower] {
+            let blob = format!("note={text}&x=1");
+            assert_eq!(s.scan(blob.as_bytes()).len(), 1, "{blob}");
         }
     }
 
