@@ -6,6 +6,9 @@
 #   - a Python venv at ./.venv with the pinned openai / anthropic SDKs, and the Helm Go
 #     SDK (helm-python-sdk: renders the chart, no helm binary) and the Kubernetes API
 #     schemas (kubernetes-validate) for deploy/;
+#   - the load generator's peers: squid-openssl (Squid with ssl-bump) from Debian, and
+#     mitmproxy in its own venv at ./.venv-peers, pinned by benches/peers-requirements.txt
+#     (its dependency pins would fight the SDK venv's);
 #   - cargo fmt --check, cargo clippy -D warnings, cargo deny (licences, bans,
 #     sources; installed pinned if missing), then cargo test for the
 #     whole workspace (the e2e suite finds the venv through PORTCULLIS_TEST_PYTHON).
@@ -38,6 +41,10 @@ have setpriv || need_pkgs+=(util-linux)
 # The shared-state tests start their own redis-server on loopback.
 have redis-server || need_pkgs+=(redis-server)
 have systemd-analyze || need_pkgs+=(systemd)  # deploy/: systemd-analyze verify
+# The load generator's Squid peer: ssl-bump needs the OpenSSL build and its cert helper.
+{ have squid && squid_bin=$(command -v squid || echo /usr/sbin/squid) \
+    && "$squid_bin" -v 2>&1 | grep -- --with-openssl >/dev/null \
+    && [ -x /usr/lib/squid/security_file_certgen ]; } || need_pkgs+=(squid-openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   SUDO=""
@@ -59,6 +66,19 @@ if [ ! -f "$stamp" ]; then
 fi
 export PORTCULLIS_TEST_PYTHON="$venv/bin/python"
 "$PORTCULLIS_TEST_PYTHON" -c 'import openai, anthropic, prometheus_client, helm_python, kubernetes_validate; print("SDKs:", "openai", openai.__version__, "anthropic", anthropic.__version__)'
+
+# mitmproxy for the load generator's peer runs (portcullis-loadgen --peers mitmproxy).
+peers_venv="$root/.venv-peers"
+peers_reqs="$root/benches/peers-requirements.txt"
+peers_stamp="$peers_venv/.portcullis-peers-$(sha256sum "$peers_reqs" | cut -c1-16)"
+if [ ! -f "$peers_stamp" ]; then
+  say "creating the peers venv in .venv-peers (benches/peers-requirements.txt)"
+  rm -rf "$peers_venv"
+  python3 -m venv "$peers_venv"
+  "$peers_venv/bin/pip" install -q --disable-pip-version-check -r "$peers_reqs"
+  touch "$peers_stamp"
+fi
+"$peers_venv/bin/python" -c 'from mitmproxy.version import VERSION; print("peers: mitmproxy", VERSION)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
