@@ -29,10 +29,10 @@ use std::sync::LazyLock;
 
 use regex::bytes::{RegexSet, RegexSetBuilder};
 
-use super::fold::{
-    decode_layers, fold, shape_signals, squeeze, strip_invisible, DECODE_BUDGET, MAX_DEPTH,
-};
+use super::decode::{decode_layers, DECODE_BUDGET, MAX_DEPTH};
+use super::fold::{fold_into, shape_signals, strip_invisible};
 use super::patterns::{CORE_PATTERNS, FAMILIES, STRONG};
+use super::squeeze::squeeze;
 
 /// How readily the injection detector fires.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -293,8 +293,17 @@ fn scan_texts(
     layers: Layers,
     ids: &mut Vec<&'static str>,
 ) {
-    let folded: Vec<String> = stripped.iter().map(|p| fold(p)).collect();
-    let joined = folded.join(BARRIER);
+    // Fold every part into one buffer, barriers between, remembering where each lies.
+    let mut joined = String::with_capacity(stripped.iter().map(|p| p.len() + BARRIER.len()).sum());
+    let mut ranges = Vec::with_capacity(stripped.len());
+    for (i, part) in stripped.iter().enumerate() {
+        if i > 0 {
+            joined.push_str(BARRIER);
+        }
+        let start = joined.len();
+        fold_into(part, &mut joined);
+        ranges.push(start..joined.len());
+    }
     let mut matched: Vec<usize> = sets.strict.matches(joined.as_bytes()).iter().collect();
     if sensitivity == Sensitivity::Balanced && !matched.is_empty() {
         if let (Some(meta), Some(dequoted)) = (sets.meta, dequote(&joined)) {
@@ -306,7 +315,9 @@ fn scan_texts(
     }
     let mut squeezed_hit = false;
     if layers.squeeze {
-        for f in &folded {
+        for range in ranges {
+            // invariant: the ranges were taken at char boundaries of `joined`.
+            let Some(f) = joined.get(range) else { continue };
             if let Some(sq) = squeeze(f) {
                 for i in sets.loose.matches(sq.as_bytes()).iter() {
                     if !matched.contains(&i) {
@@ -384,7 +395,7 @@ fn dequote(text: &str) -> Option<String> {
 
 /// The normalization the patterns are written against (see the module docs).
 pub fn normalize_text(text: &str) -> String {
-    fold(&strip_invisible(text))
+    super::fold::fold(&strip_invisible(text))
 }
 
 #[cfg(test)]

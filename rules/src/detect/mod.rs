@@ -6,11 +6,13 @@
 
 use std::fmt;
 
+pub(crate) mod decode;
 pub(crate) mod fold;
 pub(crate) mod injection;
 pub(crate) mod patterns;
 pub(crate) mod redact;
 pub(crate) mod secrets;
+pub(crate) mod squeeze;
 pub(crate) mod text;
 pub(crate) mod vault;
 

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine as _;
 
-use super::fold::{decode_layers, DECODE_BUDGET, MAX_DEPTH};
+use super::decode::{decode_layers, DECODE_BUDGET, MAX_DEPTH};
 
 /// What a probe found at a candidate position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
