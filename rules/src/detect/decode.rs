@@ -34,14 +34,17 @@ pub(crate) fn decode_layers(text: &str, budget: &mut usize, out: &mut Vec<Decode
         });
         true
     };
-    for block in base64_blocks(text) {
+    // One pass finds the long runs of the base64 alphabet; both layers take theirs from
+    // them (a hex run is a base64-alphabet run too).
+    let runs: Vec<&str> = base64_runs(text, 24).collect();
+    for block in base64_blocks(&runs) {
         if let Some(d) = decode_base64(block) {
             if !push("encoded_base64", d, budget) {
                 return;
             }
         }
     }
-    for block in hex_blocks(text) {
+    for block in hex_blocks(&runs) {
         if let Some(d) = decode_hex(block) {
             if !push("encoded_hex", d, budget) {
                 return;
@@ -68,9 +71,10 @@ pub(crate) fn decode_layers(text: &str, budget: &mut usize, out: &mut Vec<Decode
     }
 }
 
-/// Runs of at least 24 base64 (or base64url) characters.
-fn base64_blocks(text: &str) -> impl Iterator<Item = &str> {
-    base64_runs(text, 24)
+/// Blocks of at least 24 base64 (or base64url) characters, out of the long runs.
+fn base64_blocks<'r, 't>(runs: &'r [&'t str]) -> impl Iterator<Item = &'t str> + 'r {
+    runs.iter()
+        .copied()
         // `token=eyJ…`: an `=` before the end is a separator, not padding.
         .flat_map(|run| {
             let body = run.trim_end_matches('=');
@@ -145,10 +149,10 @@ fn decode_base64(block: &str) -> Option<String> {
     printable(bytes, 16)
 }
 
-/// Runs of at least 32 hex digits (an even count), optionally `\x`/`0x`/space free.
-fn hex_blocks(text: &str) -> impl Iterator<Item = &str> {
-    // A hex run lies inside a base64-alphabet run at least as long.
-    base64_runs(text, 32)
+/// Runs of at least 32 hex digits, out of the long base64-alphabet runs.
+fn hex_blocks<'r, 't>(runs: &'r [&'t str]) -> impl Iterator<Item = &'t str> + 'r {
+    runs.iter()
+        .filter(|run| run.len() >= 32)
         .flat_map(|run| run.split(|c: char| !c.is_ascii_hexdigit()))
         .filter(|run| run.len() >= 32)
         .take(BLOCKS_MAX)
