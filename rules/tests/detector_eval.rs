@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use portcullis_rules::{detect_injection_layers, detect_injection_with, Layers, Sensitivity};
+use portcullis_rules::{
+    detect_injection_layers, detect_injection_with, normalize_text, Layers, Sensitivity,
+};
 
 struct Row {
     category: String,
@@ -205,6 +207,62 @@ fn dump_training(attacks: &[Row], benign: &[Row], path: &str) {
     std::fs::write(path, out).unwrap();
 }
 
+/// Escapes a normalized text for one TSV column (`\\`, `\t`, `\n`, `\r`, NUL).
+fn escape_column(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The training view for `rules/model/train.py`: every *training* row (never a held-out
+/// one) normalized by the detector's own [`normalize_text`], with what the patterns alone
+/// (no model) say about it. Run with `PORTCULLIS_NGRAM_TRAINING=<file>`; see
+/// `rules/model/README.md`.
+#[test]
+#[ignore = "writes the model's training view; run by hand to retrain"]
+fn write_the_training_view_for_the_ngram_model() {
+    let Ok(path) = std::env::var("PORTCULLIS_NGRAM_TRAINING") else {
+        return;
+    };
+    let patterns_only = Layers {
+        model: false,
+        ..Layers::ALL
+    };
+    let mut out = String::from(
+        "# file\tordinal\tlabel\tcategory\tlang\tbalanced\thigh_weak\thigh\tnormalized\n",
+    );
+    for (file, label) in [("attacks.tsv", 1), ("benign.tsv", 0)] {
+        for (ordinal, row) in load(file).iter().enumerate() {
+            if row.held_out {
+                continue;
+            }
+            let balanced =
+                detect_injection_layers(&row.text, Sensitivity::Balanced, patterns_only);
+            let high = detect_injection_layers(&row.text, Sensitivity::High, patterns_only);
+            let _ = writeln!(
+                out,
+                "{file}\t{ordinal}\t{label}\t{}\t{}\t{}\t{}\t{}\t{}",
+                row.category,
+                row.lang,
+                u8::from(!balanced.is_empty()),
+                u8::from(high.contains(&"weak_signals")),
+                u8::from(!high.is_empty()),
+                escape_column(&normalize_text(&row.text))
+            );
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
 /// Held-out recall and false positives with the layers switched on one after another.
 fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
     let none = Layers {
@@ -213,8 +271,9 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
         squeeze: false,
         decode: false,
         multilingual: false,
+        model: false,
     };
-    let steps: [(&str, Layers); 6] = [
+    let steps: [(&str, Layers); 7] = [
         ("original 47 patterns (normalization only)", none),
         (
             "+ extended English families",
@@ -244,10 +303,18 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
             "+ squeezed view and smuggling shapes",
             Layers {
                 decode: false,
+                model: false,
                 ..Layers::ALL
             },
         ),
-        ("+ decoding layers (everything)", Layers::ALL),
+        (
+            "+ decoding layers",
+            Layers {
+                model: false,
+                ..Layers::ALL
+            },
+        ),
+        ("+ n-gram model (everything)", Layers::ALL),
     ];
     let mut s = String::from("== what each layer adds (held-out split, balanced)\n");
     for (name, layers) in steps {
