@@ -274,14 +274,17 @@ def choose(rows, scores, mode):
             break
     # lower: the lowest threshold whose combined FP stays in budget
     base_fp = sum(1 for r, _ in benign if r[mode]) / len(benign)
-    t_lo = t_hi
+    # among those, the best recall; of equal recall, the highest (most cautious) threshold
+    t_lo, best = t_hi, -1
     for t in cand:
         if t >= t_hi:
             break
         fp = sum(1 for r, s in benign if fired(r, s, t_hi, t, mode)) / len(benign)
-        if fp <= base_fp + budget["added"]:
-            t_lo = t
-            break
+        if fp > base_fp + budget["added"]:
+            continue
+        hits = sum(1 for r, s in attacks if fired(r, s, t_hi, t, mode))
+        if hits >= best:
+            t_lo, best = t, hits
     rec = sum(1 for r, s in attacks if fired(r, s, t_hi, t_lo, mode)) / len(attacks)
     base = sum(1 for r, _ in attacks if r[mode]) / len(attacks)
     fp = sum(1 for r, s in benign if fired(r, s, t_hi, t_lo, mode)) / len(benign)
