@@ -245,8 +245,7 @@ fn write_the_training_view_for_the_ngram_model() {
             if row.held_out {
                 continue;
             }
-            let balanced =
-                detect_injection_layers(&row.text, Sensitivity::Balanced, patterns_only);
+            let balanced = detect_injection_layers(&row.text, Sensitivity::Balanced, patterns_only);
             let high = detect_injection_layers(&row.text, Sensitivity::High, patterns_only);
             let _ = writeln!(
                 out,
