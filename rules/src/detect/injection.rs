@@ -356,7 +356,7 @@ fn scan_texts(
                     .map(|f| model.score(f.as_bytes()))
                     .fold(f32::NEG_INFINITY, f32::max);
                 if best >= t.alone {
-                    push_unique(ids, MODEL_ID);
+                    strong.push(MODEL_ID);
                 } else if best >= t.weak && layers.weak_signals {
                     weak.push(MODEL_ID);
                     score += u32::from(model.weak_weight);
