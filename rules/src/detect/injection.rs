@@ -19,6 +19,9 @@
 //! 5. **Decoding layers**: base64/base64url, hex, `%XX`, `\uXXXX`/`\xXX` and ROT13 (where
 //!    named) blocks are decoded, at most two layers deep and within a per-request byte
 //!    budget, and scanned as text (`encoded_base64`, `encoded_hex`, …).
+//! 6. **N-gram model** ([`super::ngram`]): a linear model over hashed character n-grams
+//!    of the normalized text fires alone above its high threshold (`ngram_model`) and adds
+//!    weight to the weak-signal score above its lower one.
 //!
 //! A hit is a list of stable ids (pattern ids and layer ids), never the matched text.
 //! The patterns aim at the phrasing of an attack, not its topic: "ignore the deprecation
