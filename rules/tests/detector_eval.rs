@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use portcullis_rules::{detect_injection_layers, detect_injection_with, Layers, Sensitivity};
+use portcullis_rules::{
+    detect_injection_layers, detect_injection_with, normalize_text, Layers, Sensitivity,
+};
 
 struct Row {
     category: String,
@@ -205,6 +207,61 @@ fn dump_training(attacks: &[Row], benign: &[Row], path: &str) {
     std::fs::write(path, out).unwrap();
 }
 
+/// Escapes a normalized text for one TSV column (`\\`, `\t`, `\n`, `\r`, NUL).
+fn escape_column(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The training view for `rules/model/train.py`: every *training* row (never a held-out
+/// one) normalized by the detector's own [`normalize_text`], with what the patterns alone
+/// (no model) say about it. Run with `PORTCULLIS_NGRAM_TRAINING=<file>`; see
+/// `rules/model/README.md`.
+#[test]
+#[ignore = "writes the model's training view; run by hand to retrain"]
+fn write_the_training_view_for_the_ngram_model() {
+    let Ok(path) = std::env::var("PORTCULLIS_NGRAM_TRAINING") else {
+        return;
+    };
+    let patterns_only = Layers {
+        model: false,
+        ..Layers::ALL
+    };
+    let mut out = String::from(
+        "# file\tordinal\tlabel\tcategory\tlang\tbalanced\thigh_weak\thigh\tnormalized\n",
+    );
+    for (file, label) in [("attacks.tsv", 1), ("benign.tsv", 0)] {
+        for (ordinal, row) in load(file).iter().enumerate() {
+            if row.held_out {
+                continue;
+            }
+            let balanced = detect_injection_layers(&row.text, Sensitivity::Balanced, patterns_only);
+            let high = detect_injection_layers(&row.text, Sensitivity::High, patterns_only);
+            let _ = writeln!(
+                out,
+                "{file}\t{ordinal}\t{label}\t{}\t{}\t{}\t{}\t{}\t{}",
+                row.category,
+                row.lang,
+                u8::from(!balanced.is_empty()),
+                u8::from(high.contains(&"weak_signals")),
+                u8::from(!high.is_empty()),
+                escape_column(&normalize_text(&row.text))
+            );
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
 /// Held-out recall and false positives with the layers switched on one after another.
 fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
     let none = Layers {
@@ -213,8 +270,9 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
         squeeze: false,
         decode: false,
         multilingual: false,
+        model: false,
     };
-    let steps: [(&str, Layers); 6] = [
+    let steps: [(&str, Layers); 7] = [
         ("original 47 patterns (normalization only)", none),
         (
             "+ extended English families",
@@ -244,10 +302,18 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
             "+ squeezed view and smuggling shapes",
             Layers {
                 decode: false,
+                model: false,
                 ..Layers::ALL
             },
         ),
-        ("+ decoding layers (everything)", Layers::ALL),
+        (
+            "+ decoding layers",
+            Layers {
+                model: false,
+                ..Layers::ALL
+            },
+        ),
+        ("+ n-gram model (everything)", Layers::ALL),
     ];
     let mut s = String::from("== what each layer adds (held-out split, balanced)\n");
     for (name, layers) in steps {
@@ -271,17 +337,15 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
     s
 }
 
-/// The targets of the detector work. Where the detector does not reach one yet, the test
-/// asserts the level it does reach on the held-out split (the `FLOOR_…` constants, named
-/// below-target) so that a regression fails, and prints both.
+/// The targets of the detector work, asserted on the held-out split. Where the detector
+/// does not reach one yet, the test asserts the level it does reach (the `FLOOR_…`
+/// constant, named below-target) so that a regression fails, and prints both.
 const TARGET_RECALL: f64 = 0.85;
 const TARGET_CATEGORY_RECALL: f64 = 0.75;
 const TARGET_FALSE_POSITIVES: f64 = 0.02;
-/// BELOW TARGET: held-out overall recall reached 0.831 (target 0.85).
-const FLOOR_RECALL_BELOW_TARGET: f64 = 0.82;
-/// BELOW TARGET: per-category floors where the target (0.75) is not met on held-out data:
-/// system-prompt extraction reached 0.545 and jailbreak personas 0.677.
-const FLOOR_CATEGORY_BELOW_TARGET: &[(&str, f64)] = &[("extraction", 0.50), ("jailbreak", 0.65)];
+/// BELOW TARGET: system-prompt extraction reached 0.727 (16 of 22) on held-out data
+/// (target 0.75); every other category, the overall recall and the languages meet theirs.
+const FLOOR_CATEGORY_BELOW_TARGET: &[(&str, f64)] = &[("extraction", 0.70)];
 /// Languages with enough held-out rows to assert on; the rest are printed only.
 const ASSERTED_LANGS: &[&str] = &["en", "de", "fr", "es", "it"];
 
@@ -337,14 +401,8 @@ fn injection_detector_meets_its_targets_on_the_held_out_split() {
 
     let mut failures = Vec::new();
     if held.recall.rate() < TARGET_RECALL {
-        println!(
-            "BELOW TARGET: held-out recall {:.3} < {TARGET_RECALL}",
-            held.recall.rate()
-        );
-    }
-    if held.recall.rate() < FLOOR_RECALL_BELOW_TARGET {
         failures.push(format!(
-            "recall {:.3} < floor {FLOOR_RECALL_BELOW_TARGET}",
+            "recall {:.3} < {TARGET_RECALL}",
             held.recall.rate()
         ));
     }

@@ -19,6 +19,9 @@
 //! 5. **Decoding layers**: base64/base64url, hex, `%XX`, `\uXXXX`/`\xXX` and ROT13 (where
 //!    named) blocks are decoded, at most two layers deep and within a per-request byte
 //!    budget, and scanned as text (`encoded_base64`, `encoded_hex`, …).
+//! 6. **N-gram model** ([`super::ngram`]): a linear model over hashed character n-grams
+//!    of the normalized text fires alone above its high threshold (`ngram_model`) and adds
+//!    weight to the weak-signal score above its lower one.
 //!
 //! A hit is a list of stable ids (pattern ids and layer ids), never the matched text.
 //! The patterns aim at the phrasing of an attack, not its topic: "ignore the deprecation
@@ -84,6 +87,8 @@ pub struct Layers {
     pub decode: bool,
     /// The non-English pattern families.
     pub multilingual: bool,
+    /// The hashed character n-gram model ([`super::ngram`]).
+    pub model: bool,
 }
 
 impl Layers {
@@ -94,6 +99,7 @@ impl Layers {
         squeeze: true,
         decode: true,
         multilingual: true,
+        model: true,
     };
 }
 
@@ -118,7 +124,10 @@ const LAYER_IDS: &[&str] = &[
     "encoded_url",
     "encoded_escape",
     "encoded_rot13",
+    MODEL_ID,
 ];
+/// Layer id reported when the n-gram model fired (alone, or as one of the weak signals).
+const MODEL_ID: &str = "ngram_model";
 
 /// A separator between words: a short run of non-alphanumeric bytes.
 const SEPARATOR: &str = "[^a-z0-9]{1,3}";
@@ -346,6 +355,30 @@ fn scan_texts(
             score += u32::from(p.weight);
         }
     }
+    // ---- n-gram model (ngram.rs): fires alone above its high threshold, adds weight to
+    // the weak-signal score above its lower one. A malformed model fails closed.
+    if layers.model {
+        match super::ngram::MODEL.as_ref() {
+            None => push_unique(ids, "detector_unavailable"),
+            Some(model) => {
+                let t = match sensitivity {
+                    Sensitivity::Balanced => model.balanced,
+                    Sensitivity::High => model.high,
+                };
+                let best = folded
+                    .iter()
+                    .map(|f| model.score(f.as_bytes()))
+                    .fold(f32::NEG_INFINITY, f32::max);
+                if best >= t.alone {
+                    strong.push(MODEL_ID);
+                } else if best >= t.weak && layers.weak_signals {
+                    weak.push(MODEL_ID);
+                    score += u32::from(model.weak_weight);
+                }
+            }
+        }
+    }
+    // ---- end of the n-gram model
     let fired_weak = score >= sensitivity.threshold();
     if strong.is_empty() && !fired_weak {
         return;

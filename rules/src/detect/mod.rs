@@ -9,6 +9,7 @@ use std::fmt;
 pub(crate) mod decode;
 pub(crate) mod fold;
 pub(crate) mod injection;
+pub(crate) mod ngram;
 pub(crate) mod patterns;
 pub(crate) mod redact;
 pub(crate) mod secrets;
