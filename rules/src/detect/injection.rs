@@ -324,9 +324,11 @@ fn scan_texts(
     }
     let mut squeezed_hit = false;
     if layers.squeeze {
-        for range in ranges {
+        for range in &ranges {
             // invariant: the ranges were taken at char boundaries of `joined`.
-            let Some(f) = joined.get(range) else { continue };
+            let Some(f) = joined.get(range.clone()) else {
+                continue;
+            };
             if let Some(sq) = squeeze(f) {
                 for i in sets.loose.matches(sq.as_bytes()).iter() {
                     if !matched.contains(&i) {
@@ -365,8 +367,9 @@ fn scan_texts(
                     Sensitivity::Balanced => model.balanced,
                     Sensitivity::High => model.high,
                 };
-                let best = folded
+                let best = ranges
                     .iter()
+                    .filter_map(|r| joined.get(r.clone()))
                     .map(|f| model.score(f.as_bytes()))
                     .fold(f32::NEG_INFINITY, f32::max);
                 if best >= t.alone {
