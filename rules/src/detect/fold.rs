@@ -146,11 +146,7 @@ fn fold_bytes(text: &str, out: &mut Vec<u8>) {
     let mut space = false;
     // Cyrillic text stays Cyrillic: mapping look-alikes only pays inside Latin words.
     let latin_context = text.is_ascii() || {
-        let ascii_letters = text.bytes().filter(u8::is_ascii_alphabetic).count();
-        let other_letters = text
-            .chars()
-            .filter(|c| !c.is_ascii() && c.is_alphabetic())
-            .count();
+        let (ascii_letters, other_letters) = letter_counts(text);
         ascii_letters * 5 >= ascii_letters + other_letters
     };
     let bytes = text.as_bytes();
@@ -199,6 +195,27 @@ fn fold_bytes(text: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// ASCII letters and other letters, decoding only the non-ASCII characters.
+fn letter_counts(text: &str) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let (mut ascii, mut other) = (0, 0);
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii() {
+            ascii += usize::from(bytes[i].is_ascii_alphabetic());
+            i += 1;
+            continue;
+        }
+        // invariant: `i` is on a char boundary (ASCII bytes are whole chars).
+        let Some(c) = text[i..].chars().next() else {
+            break;
+        };
+        other += usize::from(c.is_alphabetic());
+        i += c.len_utf8();
+    }
+    (ascii, other)
+}
+
 fn push_folded(out: &mut String, c: char, latin_context: bool) {
     if c == 'ß' {
         out.push_str("ss");
@@ -231,11 +248,29 @@ fn is_combining(c: char) -> bool {
     matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}')
 }
 
+/// The UTF-8 lead bytes of every character [`shape_signals`] counts: tag characters,
+/// invisibles ([`is_invisible`]) and the Cyrillic, Greek and IPA look-alikes
+/// ([`confusable`]). Text without any (ASCII, most accented Latin) has no signal.
+static SHAPE_LEADS: [bool; 256] = {
+    let mut t = [false; 256];
+    let leads: [u8; 17] = [
+        0xC2, 0xC4, 0xC9, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD8, 0xE1, 0xE2, 0xE3,
+        0xEA, 0xEF,
+    ];
+    let mut i = 0;
+    while i < leads.len() {
+        t[leads[i] as usize] = true;
+        i += 1;
+    }
+    t[0xF3] = true;
+    t
+};
+
 /// Signs of smuggling in the raw text, before any folding: Unicode tag characters,
 /// invisible characters between letters, and words that mix Latin with Cyrillic or Greek
 /// look-alikes. Each is an evasion technique that benign text does not need.
 pub(crate) fn shape_signals(text: &str) -> [bool; 3] {
-    if text.is_ascii() {
+    if !text.bytes().any(|b| SHAPE_LEADS[usize::from(b)]) {
         return [false; 3];
     }
     let mut tags = 0usize;
@@ -399,6 +434,25 @@ mod tests {
             "\u{1E9E}",
         ]);
         prop::collection::vec(pieces, 0..40).prop_map(|v| v.concat())
+    }
+
+    #[test]
+    fn every_character_a_shape_signal_counts_has_its_lead_byte_in_the_prefilter() {
+        for code in 0x80..=0x10_FFFFu32 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            let lower = c.to_lowercase().next().unwrap_or(c);
+            let counted = (0xE0000..=0xE007F).contains(&code)
+                || is_invisible(c)
+                || confusable(c).is_some()
+                || confusable(lower).is_some();
+            if counted {
+                let mut buf = [0u8; 4];
+                let lead = c.encode_utf8(&mut buf).as_bytes()[0];
+                assert!(SHAPE_LEADS[usize::from(lead)], "{c:?} U+{code:04X}");
+            }
+        }
     }
 
     proptest! {

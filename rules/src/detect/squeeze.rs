@@ -8,7 +8,7 @@
 /// joined. `None` when nothing changed, so callers skip the second scan.
 pub(crate) fn squeeze(folded: &str) -> Option<String> {
     // Pass 1: words that mix letters and leet digits (copied only if there is one).
-    let leeted = folded.split(' ').any(|w| leet_core(w).is_some()).then(|| {
+    let leeted = has_leet_word(folded).then(|| {
         let mut out = String::with_capacity(folded.len());
         for (i, word) in folded.split(' ').enumerate() {
             if i > 0 {
@@ -33,6 +33,24 @@ pub(crate) fn squeeze(folded: &str) -> Option<String> {
     // Pass 2: `x.y.z` runs of single characters.
     let text = leeted.as_deref().unwrap_or(folded);
     join_spread_letters(text).or(leeted)
+}
+
+/// Whether any word is leetspeak. Only the words around a leet symbol are looked at, so
+/// prose without digits or `@!$` costs one byte-table pass.
+fn has_leet_word(folded: &str) -> bool {
+    let bytes = folded.as_bytes();
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|b| leet_letter(*b).is_some()) {
+        let at = i + off;
+        let start = memchr::memrchr(b' ', &bytes[..at]).map_or(0, |s| s + 1);
+        let end = memchr::memchr(b' ', &bytes[at..]).map_or(bytes.len(), |e| at + e);
+        // invariant: spaces are ASCII, so `start..end` lies on char boundaries.
+        if folded.get(start..end).and_then(leet_core).is_some() {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
 
 /// Where a word is written in leetspeak (the byte range of its core): letters and leet symbols only, with a letter and a leet
