@@ -1,9 +1,10 @@
 //! The single writer: start-up recovery, then a loop that drains the queue into one write and
 //! one `fdatasync` per batch (group commit), checkpoints, and rotates segments.
 //!
-//! All file work is synchronous code on a blocking thread ([`WriterState`]); the async shell
-//! ([`run`]) only collects commands and fires timers, and hands the state to
-//! `spawn_blocking` once per batch. While a batch is being synced, new appends pile up in the
+//! All file work is synchronous code ([`WriterState`]); the async shell ([`run`]) collects
+//! commands and fires timers, and hands the state to `spawn_blocking` once per batch that
+//! may sync, checkpoint, rotate or recover. A light batch (`sync = batch`, appends only,
+//! nothing due: one buffered write) runs on the shell itself. While a batch is being synced, new appends pile up in the
 //! channel and form the next batch.
 
 mod checkpoint;
@@ -60,6 +61,13 @@ pub(crate) async fn run(mut state: WriterState, mut rx: mpsc::Receiver<Cmd>, sha
         // The queue has room again.
         shared.saturated.store(false, Ordering::SeqCst);
         let now = Instant::now();
+        if state.is_light(&batch, now) {
+            state.process(batch, now);
+            if state.stopped() {
+                return;
+            }
+            continue;
+        }
         match on_blocking_thread(state, &shared, move |s| s.process(batch, now)).await {
             Some(s) => state = s,
             None => return,

@@ -194,6 +194,81 @@ async fn batch_mode_answers_after_the_write_and_syncs_on_the_interval() {
     assert!(intact(&dir));
 }
 
+/// Light batch-mode appends (one buffered write, nothing due) run on the writer's task, so
+/// they finish even while every blocking thread is busy; a sync still needs one.
+#[test]
+fn batch_mode_appends_do_not_wait_for_a_blocking_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let opts = LedgerOptions {
+            sync: SyncMode::Batch,
+            sync_interval: Duration::from_secs(3600),
+            ..opts(tmp.path())
+        };
+        let dir = opts.dir.clone();
+        let ledger = Ledger::open(opts).await.expect("open");
+        // Hold the only blocking thread until the appends are done.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::task::spawn_blocking(move || {
+            let _ = held.recv_timeout(Duration::from_secs(30));
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let appends = async {
+            for i in 0..20 {
+                ledger.append_decision(decision(i)).await.expect("append");
+            }
+        };
+        let done = tokio::time::timeout(Duration::from_secs(10), appends).await;
+        let _ = release.send(());
+        assert!(
+            done.is_ok(),
+            "batch-mode appends waited for a blocking thread"
+        );
+        busy.await.expect("blocking task");
+        assert_eq!(
+            lines(&segments(&dir)[0]).len(),
+            21,
+            "header and 20 records written"
+        );
+        ledger.shutdown().await.expect("shutdown");
+        assert!(intact(&dir));
+    });
+}
+
+#[tokio::test]
+async fn batch_mode_inline_writes_keep_checkpoints_rotation_and_the_chain() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = LedgerOptions {
+        sync: SyncMode::Batch,
+        checkpoint_every: 7,
+        segment_max_bytes: 3000,
+        ..opts(tmp.path())
+    };
+    let dir = opts.dir.clone();
+    let ledger = std::sync::Arc::new(Ledger::open(opts).await.expect("open"));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger.append_decision(decision(i)).await.expect("append")
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    for t in tasks {
+        seqs.insert(t.await.expect("task").seq);
+    }
+    assert_eq!(seqs.len(), 100, "every append got its own seq");
+    ledger.shutdown().await.expect("shutdown");
+    assert!(segments(&dir).len() >= 3, "rotated by size");
+    assert!(intact(&dir));
+}
+
 #[tokio::test]
 async fn always_mode_syncs_before_answering() {
     let tmp = tempfile::tempdir().expect("tmp");

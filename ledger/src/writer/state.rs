@@ -189,6 +189,30 @@ impl WriterState {
         }
     }
 
+    /// Whether a batch is light enough to run on the async task instead of a blocking
+    /// thread: in `batch` sync mode, appends that fall due for no checkpoint, sync,
+    /// rotation or recovery are one buffered `write` to the page cache, no `fdatasync`.
+    /// Handing those to a blocking thread cost two thread switches per batch, more than
+    /// the write. The guess only decides where the batch runs, never what it does: should
+    /// a rotation fall due inside it after all, it runs inline, correctly, just slower.
+    pub(crate) fn is_light(&self, batch: &[Cmd], now: Instant) -> bool {
+        self.sync == SyncMode::Batch
+            && !self.stopped
+            && self.outage.is_none()
+            && self.pending_checkpoints.is_empty()
+            && batch.iter().all(|c| matches!(c, Cmd::Append { .. }))
+            && self.since_checkpoint.saturating_add(batch.len() as u64) < self.checkpoint_every
+            && !self
+                .unanchored_since
+                .is_some_and(|t| now >= t + self.checkpoint_interval)
+            && !self
+                .unsynced_since
+                .is_some_and(|t| now >= t + self.sync_interval)
+            && !self
+                .seg
+                .rotation_due((self.clock)(), self.segment_max_bytes)
+    }
+
     /// Handle one batch of commands.
     pub(crate) fn process(&mut self, batch: Vec<Cmd>, now: Instant) {
         self.now = now;
