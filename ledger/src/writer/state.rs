@@ -202,12 +202,12 @@ impl WriterState {
             && self.pending_checkpoints.is_empty()
             && batch.iter().all(|c| matches!(c, Cmd::Append { .. }))
             && self.since_checkpoint.saturating_add(batch.len() as u64) < self.checkpoint_every
-            && !self
+            && self
                 .unanchored_since
-                .is_some_and(|t| now >= t + self.checkpoint_interval)
-            && !self
+                .is_none_or(|t| now < t + self.checkpoint_interval)
+            && self
                 .unsynced_since
-                .is_some_and(|t| now >= t + self.sync_interval)
+                .is_none_or(|t| now < t + self.sync_interval)
             && !self
                 .seg
                 .rotation_due((self.clock)(), self.segment_max_bytes)
