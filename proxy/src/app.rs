@@ -218,6 +218,12 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     let vault_scanner = keys.scanner();
     let keys = Arc::new(keys);
 
+    // The injection detector builds its automata on first use, a few hundred
+    // milliseconds of CPU: pay that before listening, not on the first request.
+    if cfg.policy.routes().iter().any(|r| r.detectors.any()) {
+        let _ = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await;
+    }
+
     let ledger_dir = resolve_path(&base, &cfg.ledger.dir);
     let ledger = Ledger::open(LedgerOptions {
         dir: ledger_dir.clone(),

@@ -114,6 +114,10 @@ pub async fn reload(
             return Ok(ReloadOutcome::Unchanged);
         }
         let generation = current.generation + 1;
+        if cfg.policy.routes().iter().any(|r| r.detectors.any()) {
+            // As at start: the detectors' automata are built before the policy needs them.
+            let _ = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await;
+        }
         // The record comes first: a policy is never in force without evidence of it.
         ledger
             .append_config(ConfigFacts {

@@ -139,7 +139,7 @@ pub use detect::injection::{
 pub use detect::redact::{redact, Redactor, REDACTED};
 pub use detect::secrets::{detect_secrets, secret_format_ids};
 pub use detect::vault::{VaultHit, VaultScanner};
-pub use detect::{DetectorHit, DetectorMode, Detectors};
+pub use detect::{warm_detectors, DetectorHit, DetectorMode, Detectors};
 pub use evaluate::{Evaluation, Inspection};
 pub use explain::{explain, Explanation, RouteStep};
 pub use host::{split_host_port, Host, HostError, HostPattern};

@@ -168,6 +168,12 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled {
 /// such a text does not count.
 const META: &str = r"\b(is (this|it|that) (a |an )?(prompt|injection|jailbreak|attack|malicious|safe)|what does|explain|why (do|does|is|are)|regex|unit test|tests? (that|whether)|log line|blocked|posted|classif(y|ier|ication)|for example|e\.g\.|attacks?|injections?|jailbreaks?|detect(s|ed|or|ion)?|filters?|rejects?|asserts?|scan|sanitize|result|firewall|red-team|red team|owasp|security|verdict|payload|probe|angriff|attaque|ataque|attacco)\b";
 
+/// Build the pattern sets and the model (see [`super::warm_detectors`]).
+pub(crate) fn warm() {
+    LazyLock::force(&COMPILED);
+    LazyLock::force(&super::ngram::MODEL);
+}
+
 /// The stable ids of every injection pattern and layer.
 pub fn injection_pattern_ids() -> impl Iterator<Item = &'static str> {
     FAMILIES

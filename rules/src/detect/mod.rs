@@ -17,6 +17,13 @@ pub(crate) mod squeeze;
 pub(crate) mod text;
 pub(crate) mod vault;
 
+/// Build the detectors' automata and model now rather than on the first request that
+/// needs them (the injection pattern sets take a few hundred milliseconds of CPU).
+pub fn warm_detectors() {
+    injection::warm();
+    std::sync::LazyLock::force(&secrets::PREFIXES);
+}
+
 /// One detector hit: which detector, which pattern. Never the matched text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetectorHit {
