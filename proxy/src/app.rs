@@ -221,7 +221,10 @@ pub async fn start(settings: Settings) -> Result<RunningProxy, StartError> {
     // The injection detector builds its automata on first use, a few hundred
     // milliseconds of CPU: pay that before listening, not on the first request.
     if cfg.policy.routes().iter().any(|r| r.detectors.any()) {
-        let _ = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await;
+        if let Err(e) = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await {
+            // The detectors then build on first use (or refuse, failing closed).
+            tracing::warn!(error = %e, "building the detectors ahead of use failed");
+        }
     }
 
     let ledger_dir = resolve_path(&base, &cfg.ledger.dir);

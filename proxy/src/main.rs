@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
     // huge page made the kernel zero 2 MiB: about a tenth of the proxy's CPU under
     // keep-alive load and twice the resident memory. The flag covers the whole process
     // and every thread started after it. A kernel without the prctl keeps the default.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     portcullis::cli::main()
 }

@@ -116,7 +116,10 @@ pub async fn reload(
         let generation = current.generation + 1;
         if cfg.policy.routes().iter().any(|r| r.detectors.any()) {
             // As at start: the detectors' automata are built before the policy needs them.
-            let _ = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await;
+            if let Err(e) = tokio::task::spawn_blocking(portcullis_rules::warm_detectors).await {
+                // The detectors then build on first use (or refuse, failing closed).
+                tracing::warn!(error = %e, "building the detectors ahead of use failed");
+            }
         }
         // The record comes first: a policy is never in force without evidence of it.
         ledger

@@ -22,8 +22,10 @@ auth = "basic"
 [admin]
 bind = "127.0.0.1:0"
 [limits]
-# The idle workload holds thousands of connections of one agent.
+# The idle workload holds thousands of connections of one agent, all from 127.0.0.1.
+max_connections = 1000000
 max_connections_per_agent = 1000000
+max_connections_per_peer = 1000000
 [ca]
 dir = "ca"
 [ledger]

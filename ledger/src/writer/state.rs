@@ -39,6 +39,10 @@ pub(crate) struct Hooks {
     pub(crate) disk_full: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
+/// A generous bound on one record's line (decision and outcome lines are a few hundred
+/// bytes): see [`WriterState::is_light`].
+const LIGHT_RECORD_BOUND: u64 = 16 * 1024;
+
 pub(crate) struct WriterState {
     dir: PathBuf,
     replica: String,
@@ -193,9 +197,12 @@ impl WriterState {
     /// thread: in `batch` sync mode, appends that fall due for no checkpoint, sync,
     /// rotation or recovery are one buffered `write` to the page cache, no `fdatasync`.
     /// Handing those to a blocking thread cost two thread switches per batch, more than
-    /// the write. The guess only decides where the batch runs, never what it does: should
-    /// a rotation fall due inside it after all, it runs inline, correctly, just slower.
+    /// the write. A segment within [`LIGHT_RECORD_BOUND`] bytes per record of its size
+    /// limit counts as due, so that a rotation does not fall inside a light batch. The
+    /// guess only decides where the batch runs, never what it does: a record larger than
+    /// the bound could still rotate inline, correctly, just on the async task.
     pub(crate) fn is_light(&self, batch: &[Cmd], now: Instant) -> bool {
+        let margin = LIGHT_RECORD_BOUND.saturating_mul(batch.len() as u64);
         self.sync == SyncMode::Batch
             && !self.stopped
             && self.outage.is_none()
@@ -208,9 +215,10 @@ impl WriterState {
             && self
                 .unsynced_since
                 .is_none_or(|t| now < t + self.sync_interval)
-            && !self
-                .seg
-                .rotation_due((self.clock)(), self.segment_max_bytes)
+            && !self.seg.rotation_due(
+                (self.clock)(),
+                self.segment_max_bytes.saturating_sub(margin),
+            )
     }
 
     /// Handle one batch of commands.
