@@ -94,7 +94,7 @@ fn base64_blocks<'r, 't>(runs: &'r [&'t str]) -> impl Iterator<Item = &'t str> +
 }
 
 /// The base64 and base64url alphabets, `=` included.
-static BASE64_CHARS: [bool; 256] = {
+pub(crate) static BASE64_CHARS: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine as _;
 
-use super::decode::{decode_layers, DECODE_BUDGET, MAX_DEPTH};
+use super::decode::{decode_layers, BASE64_CHARS, DECODE_BUDGET, MAX_DEPTH};
 
 /// What a probe found at a candidate position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,7 +496,7 @@ fn may_hold_encoding(haystack: &[u8]) -> bool {
         if b == b'%' || b == b'\\' {
             return true;
         }
-        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=') {
+        if BASE64_CHARS[usize::from(b)] {
             run += 1;
             if run >= 24 {
                 return true;

@@ -4,10 +4,10 @@
 use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn run(input: &[u8]) -> (Vec<u8>, bool) {
+async fn run(input: &[u8]) -> io::Result<(Vec<u8>, bool)> {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    client.write_all(input).await.unwrap();
-    client.shutdown().await.unwrap();
+    client.write_all(input).await?;
+    client.shutdown().await?;
     let mut g = FramingGuard::new(server, "N".into(), 8192);
     let mut out = Vec::new();
     // After a rejected head the guard stays pending (hyper closes the
@@ -15,9 +15,9 @@ async fn run(input: &[u8]) -> (Vec<u8>, bool) {
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout(std::time::Duration::from_millis(300), g.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => return (out, false),
+            Ok(Ok(0)) | Err(_) => return Ok((out, false)),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(Err(_)) => return (out, true),
+            Ok(Err(_)) => return Ok((out, true)),
         }
     }
 }
@@ -27,23 +27,25 @@ fn synthetic(code: &str) -> String {
 }
 
 #[tokio::test]
-async fn valid_pipelined_requests_pass_through_unchanged() {
+async fn valid_pipelined_requests_pass_through_unchanged() -> io::Result<()> {
     let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (out, failed) = run(input).await;
+    let (out, failed) = run(input).await?;
     assert!(!failed);
     assert_eq!(out, input.to_vec());
+    Ok(())
 }
 
 #[tokio::test]
-async fn chunked_body_without_trailers_is_followed_by_next_head() {
+async fn chunked_body_without_trailers_is_followed_by_next_head() -> io::Result<()> {
     let input = b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n\n";
-    let (out, failed) = run(input).await;
+    let (out, failed) = run(input).await?;
     assert!(!failed);
     assert_eq!(out, input.to_vec());
+    Ok(())
 }
 
 #[tokio::test]
-async fn each_smuggling_head_is_replaced_by_a_synthetic_error_request() {
+async fn each_smuggling_head_is_replaced_by_a_synthetic_error_request() -> io::Result<()> {
     let table: &[(&[u8], &str)] = &[
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "cl_and_te"),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "cl_and_te"),
@@ -61,7 +63,7 @@ async fn each_smuggling_head_is_replaced_by_a_synthetic_error_request() {
         (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", "malformed_head"),
     ];
     for (input, code) in table {
-        let (out, failed) = run(input).await;
+        let (out, failed) = run(input).await?;
         let text = String::from_utf8_lossy(&out);
         assert!(!failed, "{code}");
         assert!(
@@ -70,68 +72,74 @@ async fn each_smuggling_head_is_replaced_by_a_synthetic_error_request() {
         );
         assert!(text.contains(&synthetic(code)), "{code}: {text}");
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn bad_second_head_keeps_first_request_intact() {
+async fn bad_second_head_keeps_first_request_intact() -> io::Result<()> {
     let first = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut input = first.to_vec();
     input.extend_from_slice(
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nX",
     );
-    let (out, _) = run(&input).await;
+    let (out, _) = run(&input).await?;
     assert!(out.starts_with(first));
     assert!(String::from_utf8_lossy(&out[first.len()..]).contains("duplicate_content_length"));
+    Ok(())
 }
 
 #[tokio::test]
-async fn oversized_head_is_refused_with_head_too_large() {
+async fn oversized_head_is_refused_with_head_too_large() -> io::Result<()> {
     let mut input = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
     input.extend(std::iter::repeat_n(b'a', 9000));
     input.extend_from_slice(b"\r\n\r\n");
-    let (out, _) = run(&input).await;
+    let (out, _) = run(&input).await?;
     assert!(String::from_utf8_lossy(&out).contains("head_too_large"));
+    Ok(())
 }
 
 #[tokio::test]
-async fn bad_chunk_size_fails_the_stream() {
+async fn bad_chunk_size_fails_the_stream() -> io::Result<()> {
     let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-    let (_, failed) = run(input).await;
+    let (_, failed) = run(input).await?;
     assert!(failed);
     let input =
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n";
-    let (_, failed) = run(input).await;
+    let (_, failed) = run(input).await?;
     assert!(failed);
     let input =
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n";
-    let (_, failed) = run(input).await;
+    let (_, failed) = run(input).await?;
     assert!(failed);
+    Ok(())
 }
 
 #[tokio::test]
-async fn connect_head_switches_to_passthrough() {
+async fn connect_head_switches_to_passthrough() -> io::Result<()> {
     let input = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03\x01\n\n\0";
-    let (out, failed) = run(input).await;
+    let (out, failed) = run(input).await?;
     assert!(!failed);
     assert_eq!(out, input.to_vec());
+    Ok(())
 }
 
 #[tokio::test]
-async fn head_split_across_many_reads_is_reassembled() {
+async fn head_split_across_many_reads_is_reassembled() -> io::Result<()> {
     let (mut client, server) = tokio::io::duplex(8);
     let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec();
     let writer = tokio::spawn(async move {
         for b in input.chunks(3) {
-            client.write_all(b).await.unwrap();
+            client.write_all(b).await?;
         }
-        client.shutdown().await.unwrap();
+        client.shutdown().await
     });
     let mut g = FramingGuard::new(server, "N".into(), 8192);
     let mut out = Vec::new();
-    g.read_to_end(&mut out).await.unwrap();
-    writer.await.unwrap();
+    g.read_to_end(&mut out).await?;
+    writer.await??;
     assert_eq!(
         out,
         b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec()
     );
+    Ok(())
 }
