@@ -107,7 +107,11 @@ async fn two_hundred_h2_streams_of_8_mib_from_one_agent_leave_another_tenant_ser
     let tls = proxy
         .tunnel_tls("api.anthropic.com:443", "api.anthropic.com", &[b"h2"])
         .await;
+    // The client starts within the proxy's stream limit: before the server's SETTINGS
+    // arrive it would otherwise assume no limit, and a burst of 200 would race them into
+    // REFUSED_STREAM (which the proxy counts toward its reset limit and then GOAWAYs).
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_max_send_streams(64) // the proxy's H2_MAX_STREAMS
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
         .handshake(TokioIo::new(tls))
