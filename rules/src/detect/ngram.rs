@@ -185,6 +185,14 @@ mod tests {
     }
 
     #[test]
+    fn high_thresholds_are_never_above_balanced_ones_so_high_fires_on_all_balanced_does() {
+        let m = model();
+        assert!(m.high.alone <= m.balanced.alone);
+        assert!(m.high.weak <= m.balanced.weak);
+        assert!(m.high.weak <= m.high.alone);
+    }
+
+    #[test]
     fn a_malformed_blob_is_rejected() {
         assert!(parse(b"").is_none());
         assert!(parse(&BLOB[..BLOB.len() - 1]).is_none());
