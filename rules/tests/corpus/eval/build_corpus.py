@@ -214,13 +214,7 @@ add(benign, "model_output", "en", "pyrit 1.1.0 datasets/scorer_evals/refusal_sco
 
 
 # Security discussions: package documentation about prompt injection and jailbreaks.
-def paragraphs(text, lo=80, hi=1500):
-    out = []
-    for para in re.split(r"\n\s*\n", text):
-        para = para.strip()
-        if lo <= len(para) <= hi and not para.startswith(("|", "```", "Metadata-Version", "Requires-Dist", "Classifier")):
-            out.append(para)
-    return out
+paragraphs = extraction_sources.paragraphs  # one README cutter for both batches
 
 
 for meta in sorted(glob.glob(p("*/*.dist-info/METADATA"))):

@@ -286,7 +286,7 @@ def rows(root):
 
 
 def paragraphs(text, lo=80, hi=1500):
-    """As build_corpus.py cuts a README into paragraphs."""
+    """A README cut into paragraphs (build_corpus.py uses this one too)."""
     out = []
     for para in re.split(r"\n\s*\n", text):
         para = para.strip()
