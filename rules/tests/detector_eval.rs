@@ -207,6 +207,21 @@ fn dump_training(attacks: &[Row], benign: &[Row], path: &str) {
     std::fs::write(path, out).unwrap();
 }
 
+/// The training split alone: its table, and its misses and false positives written to
+/// `PORTCULLIS_EVAL_DUMP_TRAINING` if set. For writing patterns without looking at the
+/// held-out figures (the held-out split is neither measured nor written here).
+#[test]
+#[ignore = "prints the training split only; run by hand while writing patterns"]
+fn training_split_only() {
+    let attacks = load("attacks.tsv");
+    let benign = load("benign.tsv");
+    if let Ok(path) = std::env::var("PORTCULLIS_EVAL_DUMP_TRAINING") {
+        dump_training(&attacks, &benign, &path);
+    }
+    let train = measure(&attacks, &benign, false, Sensitivity::Balanced);
+    println!("{}", table("training split (balanced)", &train));
+}
+
 /// Escapes a normalized text for one TSV column (`\\`, `\t`, `\n`, `\r`, NUL).
 fn escape_column(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
