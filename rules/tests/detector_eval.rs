@@ -207,6 +207,21 @@ fn dump_training(attacks: &[Row], benign: &[Row], path: &str) {
     std::fs::write(path, out).unwrap();
 }
 
+/// The training split alone: its table, and its misses and false positives written to
+/// `PORTCULLIS_EVAL_DUMP_TRAINING` if set. For writing patterns without looking at the
+/// held-out figures (the held-out split is neither measured nor written here).
+#[test]
+#[ignore = "prints the training split only; run by hand while writing patterns"]
+fn training_split_only() {
+    let attacks = load("attacks.tsv");
+    let benign = load("benign.tsv");
+    if let Ok(path) = std::env::var("PORTCULLIS_EVAL_DUMP_TRAINING") {
+        dump_training(&attacks, &benign, &path);
+    }
+    let train = measure(&attacks, &benign, false, Sensitivity::Balanced);
+    println!("{}", table("training split (balanced)", &train));
+}
+
 /// Escapes a normalized text for one TSV column (`\\`, `\t`, `\n`, `\r`, NUL).
 fn escape_column(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -343,12 +358,13 @@ fn layer_table(attacks: &[Row], benign: &[Row]) -> String {
 const TARGET_RECALL: f64 = 0.85;
 const TARGET_CATEGORY_RECALL: f64 = 0.75;
 const TARGET_FALSE_POSITIVES: f64 = 0.02;
-/// BELOW TARGET: system-prompt extraction reached 0.447 (34 of 76) on held-out data
+/// BELOW TARGET: system-prompt extraction reached 0.605 (46 of 76) on held-out data
 /// (target 0.75); every other category, the overall recall and the languages meet theirs.
 /// It was 0.727 (16 of 22) before the second batch of extraction attacks (163 rows from 13
-/// more packages, PROVENANCE.md) was added: the wider set shows the gap the 22 rows hid
-/// (secrets and guard rules asked for, probing questions, languages with no patterns).
-const FLOOR_CATEGORY_BELOW_TARGET: &[(&str, f64)] = &[("extraction", 0.44)];
+/// more packages, PROVENANCE.md) was added, 0.447 (34 of 76) with it, and 0.605 after the
+/// extraction families were written again from the training split's misses (secrets and
+/// guard rules asked for, probing questions, more languages; patterns.rs, fourth pass).
+const FLOOR_CATEGORY_BELOW_TARGET: &[(&str, f64)] = &[("extraction", 0.60)];
 /// Languages with enough held-out rows to assert on; the rest are printed only.
 const ASSERTED_LANGS: &[&str] = &["en", "de", "fr", "es", "it"];
 
